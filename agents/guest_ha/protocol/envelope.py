@@ -1,0 +1,97 @@
+"""The base JSON envelope that multiplexes application layers on one channel.
+
+``{"version":1,"source_addr":A,"dest_addr":A,"data":{...}}``: every key is
+mandatory; ``data`` is an object whose ``msg_type`` names the PDU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Dict
+
+from .errors import InvalidEnvelope, MalformedFrame, UnknownAddress, UnsupportedVersion
+from .framing import MAX_FRAME_BYTES, encode_frame
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+HEARTBEAT = "heartbeat"
+SERVER_GROUP = "server_group"
+ADDRESSES = (HEARTBEAT, SERVER_GROUP)
+
+_ENVELOPE_KEYS = ("version", "source_addr", "dest_addr", "data")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    version: int
+    source_addr: str
+    dest_addr: str
+    data: Dict[str, Any]
+
+    @property
+    def msg_type(self) -> str:
+        value = self.data.get("msg_type")
+        return value if isinstance(value, str) else ""
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"JSON constant {name} is not allowed")
+
+
+def parse_json_object(frame: bytes) -> Dict[str, Any]:
+    """Parse one frame as a UTF-8 JSON object; raise :class:`MalformedFrame`."""
+    try:
+        text = frame.decode("utf-8")
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise MalformedFrame(f"frame is not valid UTF-8 JSON: {_short(exc)}") from None
+    if not isinstance(obj, dict):
+        raise MalformedFrame("frame is JSON but not an object")
+    return obj
+
+
+def decode_envelope(frame: bytes) -> Envelope:
+    """Decode and check the base envelope of one frame."""
+    obj = parse_json_object(frame)
+    data = obj.get("data")
+    msg_type = data.get("msg_type", "") if isinstance(data, dict) else ""
+    msg_type = msg_type if isinstance(msg_type, str) else ""
+    missing = [k for k in _ENVELOPE_KEYS if k not in obj]
+    if missing:
+        raise InvalidEnvelope(f"envelope lacks {', '.join(missing)}", msg_type)
+    version = obj["version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InvalidEnvelope("envelope version must be an integer", msg_type)
+    if version not in SUPPORTED_VERSIONS:
+        raise UnsupportedVersion(
+            f"version {version} not supported (supported: "
+            f"{', '.join(str(v) for v in SUPPORTED_VERSIONS)})",
+            msg_type,
+        )
+    for key in ("source_addr", "dest_addr"):
+        if not isinstance(obj[key], str):
+            raise InvalidEnvelope(f"envelope {key} must be a string", msg_type)
+    if not isinstance(data, dict):
+        raise InvalidEnvelope("envelope data must be an object", msg_type)
+    if obj["dest_addr"] not in ADDRESSES:
+        raise UnknownAddress(f"unknown dest_addr {_short(obj['dest_addr'])!r}", msg_type)
+    return Envelope(version, obj["source_addr"], obj["dest_addr"], data)
+
+
+def encode_envelope(app: str, data: Dict[str, Any]) -> bytes:
+    """Serialise one PDU for application ``app`` as a complete frame."""
+    payload = json.dumps(
+        {"version": PROTOCOL_VERSION, "source_addr": app, "dest_addr": app, "data": data},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
+    if len(payload) > MAX_FRAME_BYTES:
+        raise ValueError(f"encoded frame is {len(payload)} bytes, over {MAX_FRAME_BYTES}")
+    return encode_frame(payload)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
