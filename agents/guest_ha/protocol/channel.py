@@ -227,7 +227,9 @@ class GuestChannel:
             except ProtocolError as exc:
                 self.bad_frames += 1
                 if self._error_bucket.consume(now):
-                    self._log.add(now, f"rejected {exc.msg_type or 'frame'} from host: {exc.message}")
+                    self._log.add(
+                        now, f"rejected {exc.msg_type or 'frame'} from host: {exc.message}"
+                    )
                     if exc.msg_type != "nack":
                         self.queue(nack(app, exc.msg_type, f"{exc.code}: {exc.message}"))
         self._flush()

@@ -266,9 +266,7 @@ class HostHeartbeat:
         nxt = (self._next_challenge or now) + interval_s
         self._next_challenge = nxt if nxt > now else now + interval_s
         self.challenges_sent += 1
-        self.outbox.append(
-            Message(HEARTBEAT, "challenge", {"seq": self.seq, "nonce": self._nonce})
-        )
+        self.outbox.append(Message(HEARTBEAT, "challenge", {"seq": self.seq, "nonce": self._nonce}))
 
     def _arm_restart(self, now: float) -> None:
         if self.policy.restart_timeout_s > 0 and self._restart_deadline is None:
@@ -399,7 +397,7 @@ class GuestHeartbeat:
         elif self.state == self.REGISTERED:
             stale_after = self.stale_intervals * self.effective_interval_ms / 1000.0 + 0.5
             if now - self._last_challenge > stale_after:
-                self.events.append("no challenge for %.1f s: registering again" % stale_after)
+                self.events.append(f"no challenge for {stale_after:.1f} s: registering again")
                 self.state = self.REGISTERING
                 self._send_init(now)
 

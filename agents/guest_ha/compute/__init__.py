@@ -1,0 +1,1 @@
+"""Compute agent: heartbeats every opted-in VM on this host over its channel."""

@@ -1,0 +1,170 @@
+"""Compute agent configuration: a YAML file checked into typed dataclasses.
+
+Every error names the offending key, so an operator sees at once what to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import yaml
+
+from ..protocol import ChannelLimits, HostPolicy
+
+DEFAULT_STATUS_SOCKET = "/run/guest-ha/compute.sock"
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """One VM to heartbeat: its identity comes from the socket, never from the guest."""
+
+    uuid: str
+    name: str
+    socket_path: str
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    initial_s: float = 0.1
+    max_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    log: bool = True
+    jsonl: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    vms: List[VmSpec] = field(default_factory=list)
+    socket_dir: Optional[str] = None
+    rescan_interval_s: float = 2.0
+    heartbeat: HostPolicy = field(default_factory=HostPolicy)
+    limits: ChannelLimits = field(default_factory=ChannelLimits)
+    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    status_socket: Optional[str] = DEFAULT_STATUS_SOCKET
+    log_level: str = "info"
+
+
+def looks_like_uuid(text: str) -> bool:
+    return bool(_UUID_RE.match(text))
+
+
+def _section(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a mapping")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: Dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+        default = known[key].default
+        expected = type(default) if default is not None else str
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if expected is bool and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{key}: must be true or false")
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}.{key}: must be of type {expected.__name__}, got {value!r}")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _vms(raw: Any) -> List[VmSpec]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError("vms: must be a list")
+    out: List[VmSpec] = []
+    seen = set()
+    for i, item in enumerate(raw):
+        where = f"vms[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{where}: must be a mapping with uuid, socket and optional name")
+        unknown = set(item) - {"uuid", "name", "socket"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        uuid, sock = item.get("uuid"), item.get("socket")
+        if not isinstance(uuid, str) or not looks_like_uuid(uuid):
+            raise ConfigError(f"{where}.uuid: must be an instance UUID, got {uuid!r}")
+        if not isinstance(sock, str) or not sock.startswith("/"):
+            raise ConfigError(f"{where}.socket: must be an absolute path, got {sock!r}")
+        if uuid in seen:
+            raise ConfigError(f"{where}.uuid: duplicate instance {uuid}")
+        seen.add(uuid)
+        name = item.get("name", uuid)
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}.name: must be a string")
+        out.append(VmSpec(uuid=uuid, name=name, socket_path=sock))
+    return out
+
+
+def parse_config(raw: Any) -> ComputeConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("top level: must be a mapping")
+    known = {f.name for f in dataclasses.fields(ComputeConfig)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(
+            f"unknown top-level key(s) {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    socket_dir = raw.get("socket_dir")
+    if socket_dir is not None and not (isinstance(socket_dir, str) and socket_dir.startswith("/")):
+        raise ConfigError("socket_dir: must be an absolute path")
+    rescan = raw.get("rescan_interval_s", 2.0)
+    if not isinstance(rescan, (int, float)) or isinstance(rescan, bool) or rescan <= 0:
+        raise ConfigError("rescan_interval_s: must be a positive number")
+    status_socket = raw.get("status_socket", DEFAULT_STATUS_SOCKET)
+    if status_socket is not None and not isinstance(status_socket, str):
+        raise ConfigError("status_socket: must be a path or null")
+    level = raw.get("log_level", "info")
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log_level: must be debug, info, warning or error")
+    reconnect = _section(ReconnectPolicy, raw.get("reconnect"), "reconnect")
+    if not 0 < reconnect.initial_s <= reconnect.max_s:
+        raise ConfigError("reconnect: need 0 < initial_s <= max_s")
+    return ComputeConfig(
+        vms=_vms(raw.get("vms")),
+        socket_dir=socket_dir,
+        rescan_interval_s=float(rescan),
+        heartbeat=_section(HostPolicy, raw.get("heartbeat"), "heartbeat"),
+        limits=_section(ChannelLimits, raw.get("limits"), "limits"),
+        reconnect=reconnect,
+        events=_section(EventsConfig, raw.get("events"), "events"),
+        status_socket=status_socket,
+        log_level=level,
+    )
+
+
+def load_config(path: str) -> ComputeConfig:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return parse_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

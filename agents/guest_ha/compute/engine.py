@@ -1,0 +1,409 @@
+"""The heartbeat engine: one selectors loop driving every VM's channel.
+
+No thread per VM. Each VM has a :class:`VmConnection` holding its socket and
+its sans-I/O :class:`~guest_ha.protocol.HostChannel`; all timing goes through
+one heap of deadlines. A VM that floods is throttled by its own read budget and
+rate limits, so it never delays another VM's challenges.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import json
+import logging
+import os
+import selectors
+import socket
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+from ..protocol import HostChannel
+from .config import ComputeConfig, VmSpec
+from .sinks import EventSink, VmEvent
+
+LOG = logging.getLogger("guest_ha.compute")
+
+READ_CHUNK = 64 * 1024
+_RETRY_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ENOTSOCK, errno.EACCES)
+
+DISCONNECTED = "disconnected"
+CONNECTED = "connected"
+REMOVED = "removed"
+
+
+class VmConnection:
+    """One VM's socket, channel and bookkeeping."""
+
+    def __init__(self, spec: VmSpec, channel: HostChannel, initial_backoff: float) -> None:
+        self.spec = spec
+        self.channel = channel
+        self.sock: Optional[socket.socket] = None
+        self.state = DISCONNECTED
+        self.backoff = initial_backoff
+        self.read_paused = False
+        self.scheduled_tick: Optional[float] = None
+        self.connect_failures = 0
+        self.connects = 0
+        self.last_error = ""
+
+    @property
+    def log_prefix(self) -> str:
+        return f"[instance {self.spec.uuid}]"
+
+
+class HeartbeatEngine:
+    """Heartbeats every configured VM; emits events to ``sink``."""
+
+    def __init__(
+        self,
+        config: ComputeConfig,
+        sink: EventSink,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self.clock = clock
+        self.selector = selectors.DefaultSelector()
+        self.vms: Dict[str, VmConnection] = {}
+        self._timers: List[Tuple[float, int, str, str]] = []
+        self._counter = itertools.count()
+        self._dirty: set = set()
+        self._running = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._status_sock: Optional[socket.socket] = None
+        self.started_at = clock()
+        self.loop_iterations = 0
+
+    # -- VM set -------------------------------------------------------------------
+    def add_vm(self, spec: VmSpec) -> None:
+        if spec.uuid in self.vms:
+            return
+        now = self.clock()
+        channel = HostChannel(self.config.heartbeat, self.config.limits, now)
+        vm = VmConnection(spec, channel, self.config.reconnect.initial_s)
+        self.vms[spec.uuid] = vm
+        LOG.info("%s added %s, socket %s", vm.log_prefix, spec.name, spec.socket_path)
+        self._try_connect(vm, now)
+
+    def remove_vm(self, uuid: str) -> None:
+        vm = self.vms.pop(uuid, None)
+        if vm is None:
+            return
+        vm.state = REMOVED
+        self._close(vm)
+        LOG.info("%s removed", vm.log_prefix)
+
+    def discover(self) -> None:
+        """Sync the VM set with the config list and the socket directory."""
+        wanted = {spec.uuid: spec for spec in self.config.vms}
+        if self.config.socket_dir:
+            wanted.update(scan_socket_dir(self.config.socket_dir))
+        for uuid in list(self.vms):
+            if uuid not in wanted or wanted[uuid].socket_path != self.vms[uuid].spec.socket_path:
+                self.remove_vm(uuid)
+        for spec in wanted.values():
+            self.add_vm(spec)
+
+    # -- loop ---------------------------------------------------------------------
+    def run(self, until: Optional[Callable[[], bool]] = None) -> None:
+        self._running = True
+        self.discover()
+        if self.config.socket_dir:
+            self._schedule(self.clock() + self.config.rescan_interval_s, "rescan", "")
+        if self.config.status_socket:
+            self._open_status_socket(self.config.status_socket)
+        try:
+            while self._running and not (until and until()):
+                self.run_once()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        """Ask the loop to stop; safe from signal handlers and other threads."""
+        self._running = False
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def run_once(self, max_wait: float = 1.0) -> None:
+        self.loop_iterations += 1
+        now = self.clock()
+        timeout = max_wait
+        if self._timers:
+            timeout = max(0.0, min(max_wait, self._timers[0][0] - now))
+        for key, mask in self.selector.select(timeout):
+            kind, uuid = key.data
+            if kind == "vm":
+                vm = self.vms.get(uuid)
+                if vm is not None:
+                    self._on_ready(vm, mask)
+            elif kind == "wake":
+                try:
+                    os.read(self._wake_r, 512)
+                except OSError:
+                    pass
+            elif kind == "status":
+                self._serve_status()
+        self._run_timers(self.clock())
+        self._flush_dirty()
+
+    def close(self) -> None:
+        for vm in list(self.vms.values()):
+            self._close(vm)
+        if self._status_sock is not None:
+            try:
+                self.selector.unregister(self._status_sock)
+            except (KeyError, ValueError):
+                pass
+            self._status_sock.close()
+            self._status_sock = None
+            if self.config.status_socket:
+                try:
+                    os.unlink(self.config.status_socket)
+                except OSError:
+                    pass
+
+    # -- timers -------------------------------------------------------------------
+    def _schedule(self, when: float, kind: str, uuid: str) -> None:
+        heapq.heappush(self._timers, (when, next(self._counter), kind, uuid))
+
+    def _reschedule_tick(self, vm: VmConnection) -> None:
+        deadline = vm.channel.next_deadline()
+        if deadline is not None and deadline != vm.scheduled_tick:
+            vm.scheduled_tick = deadline
+            self._schedule(deadline, "tick", vm.spec.uuid)
+
+    def _run_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, _, kind, uuid = heapq.heappop(timers)
+            if kind == "rescan":
+                self.discover()
+                self._schedule(now + self.config.rescan_interval_s, "rescan", "")
+                continue
+            vm = self.vms.get(uuid)
+            if vm is None:
+                continue
+            if kind == "tick":
+                if vm.scheduled_tick != when:
+                    continue  # superseded by a newer deadline
+                vm.scheduled_tick = None
+                vm.channel.tick(now)
+                self._after_channel_activity(vm)
+            elif kind == "connect" and vm.state == DISCONNECTED:
+                self._try_connect(vm, now)
+            elif kind == "resume_read" and vm.read_paused and vm.sock is not None:
+                vm.read_paused = False
+                self._update_interest(vm)
+
+    # -- sockets ------------------------------------------------------------------
+    def _try_connect(self, vm: VmConnection, now: float) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(vm.spec.socket_path)
+        except OSError as exc:
+            sock.close()
+            vm.connect_failures += 1
+            if exc.errno not in _RETRY_ERRNOS:
+                LOG.warning("%s cannot connect to %s: %s", vm.log_prefix, vm.spec.socket_path, exc)
+            elif vm.last_error != exc.strerror:
+                LOG.info("%s waiting for %s: %s", vm.log_prefix, vm.spec.socket_path, exc.strerror)
+            vm.last_error = exc.strerror or str(exc)
+            self._schedule(now + vm.backoff, "connect", vm.spec.uuid)
+            vm.backoff = min(vm.backoff * 2, self.config.reconnect.max_s)
+            return
+        vm.sock = sock
+        vm.state = CONNECTED
+        vm.connects += 1
+        vm.last_error = ""
+        vm.backoff = self.config.reconnect.initial_s
+        self.selector.register(sock, selectors.EVENT_READ, ("vm", vm.spec.uuid))
+        LOG.info("%s channel connected", vm.log_prefix)
+        vm.channel.connection_made(now)
+        self._after_channel_activity(vm)
+
+    def _close(self, vm: VmConnection) -> None:
+        if vm.sock is not None:
+            try:
+                self.selector.unregister(vm.sock)
+            except (KeyError, ValueError):
+                pass
+            vm.sock.close()
+            vm.sock = None
+        vm.read_paused = False
+
+    def _connection_lost(self, vm: VmConnection, now: float, why: str) -> None:
+        LOG.info("%s channel lost: %s", vm.log_prefix, why)
+        self._close(vm)
+        vm.state = DISCONNECTED
+        vm.channel.connection_lost(now)
+        self._after_channel_activity(vm)
+        self._schedule(now + vm.backoff, "connect", vm.spec.uuid)
+
+    def _on_ready(self, vm: VmConnection, mask: int) -> None:
+        now = self.clock()
+        if mask & selectors.EVENT_READ and vm.sock is not None and not vm.read_paused:
+            allowance = vm.channel.read_allowance(now)
+            if allowance <= 0:
+                self._pause_reading(vm, now)
+            else:
+                try:
+                    data = vm.sock.recv(min(READ_CHUNK, allowance))
+                except (BlockingIOError, InterruptedError):
+                    data = None
+                except OSError as exc:
+                    self._connection_lost(vm, now, str(exc))
+                    return
+                if data is not None:
+                    if not data:
+                        self._connection_lost(vm, now, "end of stream")
+                        return
+                    vm.channel.receive_data(data, now)
+                    self._after_channel_activity(vm)
+                    if vm.channel.read_allowance(now) <= 0:
+                        self._pause_reading(vm, now)
+        if mask & selectors.EVENT_WRITE and vm.sock is not None:
+            self._dirty.add(vm.spec.uuid)
+
+    def _pause_reading(self, vm: VmConnection, now: float) -> None:
+        vm.read_paused = True
+        self._update_interest(vm)
+        self._schedule(vm.channel.resume_reading_at(now), "resume_read", vm.spec.uuid)
+
+    def _update_interest(self, vm: VmConnection) -> None:
+        if vm.sock is None:
+            return
+        events = 0 if vm.read_paused else selectors.EVENT_READ
+        if vm.channel.wants_write:
+            events |= selectors.EVENT_WRITE
+        key = self.selector.get_map().get(vm.sock)
+        if events == 0:
+            if key is not None:
+                self.selector.unregister(vm.sock)
+        elif key is None:
+            self.selector.register(vm.sock, events, ("vm", vm.spec.uuid))
+        elif key.events != events:
+            self.selector.modify(vm.sock, events, ("vm", vm.spec.uuid))
+
+    def _after_channel_activity(self, vm: VmConnection) -> None:
+        channel = vm.channel
+        for event in channel.take_events():
+            self.sink.emit(
+                VmEvent(
+                    kind=event.kind,
+                    instance_uuid=vm.spec.uuid,
+                    domain=vm.spec.name,
+                    monotonic=event.at,
+                    wall_time=time.time() - (self.clock() - event.at),
+                    fault=event.is_fault,
+                    detail=dict(event.detail),
+                )
+            )
+        for line in channel.take_log():
+            LOG.warning("%s %s", vm.log_prefix, line)
+        if channel.wants_write:
+            self._dirty.add(vm.spec.uuid)
+        self._reschedule_tick(vm)
+
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for uuid in dirty:
+            vm = self.vms.get(uuid)
+            if vm is None or vm.sock is None:
+                continue
+            pending = vm.channel.pending_output()
+            if pending:
+                try:
+                    sent = vm.sock.send(pending)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    self._connection_lost(vm, self.clock(), str(exc))
+                    continue
+                vm.channel.output_sent(sent)
+            self._update_interest(vm)
+
+    # -- status -------------------------------------------------------------------
+    def snapshot(self) -> Dict[str, object]:
+        """A JSON-able view of every VM, for ``guest-ha-compute status``."""
+        now = self.clock()
+        vms = []
+        for vm in sorted(self.vms.values(), key=lambda v: v.spec.name):
+            hb = vm.channel.heartbeat
+            vms.append(
+                {
+                    "domain": vm.spec.name,
+                    "instance_uuid": vm.spec.uuid,
+                    "socket": vm.spec.socket_path,
+                    "channel": vm.state,
+                    "heartbeat_state": hb.state,
+                    "registered": hb.state == hb.MONITORING,
+                    "guest_name": hb.name,
+                    "interval_ms": hb.interval_ms,
+                    "last_rtt_ms": None
+                    if hb.last_rtt_s is None
+                    else round(hb.last_rtt_s * 1000, 2),
+                    "misses": hb.misses,
+                    "health": hb.health,
+                    "health_reason": hb.health_reason,
+                    "challenges_sent": hb.challenges_sent,
+                    "responses_ok": hb.responses_ok,
+                    "counters": dict(vm.channel.counters),
+                    "read_paused": vm.read_paused,
+                }
+            )
+        return {"uptime_s": round(now - self.started_at, 3), "vms": vms}
+
+    def _open_status_socket(self, path: str) -> None:
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            if os.path.exists(path):
+                os.unlink(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+            os.chmod(path, 0o660)
+            sock.listen(8)
+            sock.setblocking(False)
+        except OSError as exc:
+            LOG.warning("status socket %s unavailable: %s", path, exc)
+            return
+        self._status_sock = sock
+        self.selector.register(sock, selectors.EVENT_READ, ("status", None))
+
+    def _serve_status(self) -> None:
+        assert self._status_sock is not None
+        try:
+            conn, _ = self._status_sock.accept()
+        except OSError:
+            return
+        try:
+            conn.settimeout(0.5)
+            conn.sendall(json.dumps(self.snapshot()).encode() + b"\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def scan_socket_dir(path: str) -> Dict[str, VmSpec]:
+    """VMs from a directory of QEMU channel sockets named ``<uuid>.sock``."""
+    from .config import looks_like_uuid
+
+    found: Dict[str, VmSpec] = {}
+    try:
+        names = os.listdir(path)
+    except OSError as exc:
+        LOG.warning("cannot scan socket directory %s: %s", path, exc.strerror)
+        return found
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        if ext == ".sock" and looks_like_uuid(stem):
+            found[stem] = VmSpec(uuid=stem, name=stem, socket_path=os.path.join(path, name))
+    return found

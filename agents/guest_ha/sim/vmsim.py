@@ -1,0 +1,517 @@
+"""The simulator proper: one selectors loop in a background thread."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import itertools
+import os
+import queue
+import random
+import selectors
+import socket
+import threading
+import time
+import tty
+import uuid as uuidlib
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from ..protocol import HEARTBEAT, SERVER_GROUP, GuestChannel, GuestHeartbeat, Message
+from ..protocol.messages import HEALTHY, UNHEALTHY
+
+MAX_PENDING = 256 * 1024
+HOSTILE_KINDS = ("garbage", "malformed", "oversized", "flood", "spoof_broadcast")
+
+
+@dataclass(frozen=True)
+class SimVmInfo:
+    uuid: str
+    name: str
+    socket_path: str
+    guest_port: Optional[str]
+    """Path a real guest daemon opens as its port (pty guests only)."""
+
+
+class _SimGuest:
+    """An in-process guest daemon built on the same protocol core as the real one."""
+
+    def __init__(self, name: str, interval_ms: int, corrective_action: Optional[str], now: float):
+        self.interval_ms = interval_ms
+        self.corrective_action = corrective_action
+        self.name = name
+        self.frozen = False
+        self.frozen_at: Optional[float] = None
+        self.hostile: Optional[str] = None
+        self.hostile_bytes = 0
+        self.restarts = 0
+        self.stopped = False
+        self.new_invocation(now)
+
+    def new_invocation(self, now: float) -> None:
+        self.heartbeat = GuestHeartbeat(
+            name=self.name,
+            interval_ms=self.interval_ms,
+            invocation_id=uuidlib.uuid4().hex,
+            corrective_action=self.corrective_action,
+        )
+        self.channel = GuestChannel(self.heartbeat, now)
+        self.heartbeat.start(now)
+        self.channel._flush()
+
+
+class _SimVm:
+    def __init__(self, info: SimVmInfo, listener: socket.socket) -> None:
+        self.info = info
+        self.listener: Optional[socket.socket] = listener
+        self.conn: Optional[socket.socket] = None
+        self.to_host = bytearray()
+        self.to_guest = bytearray()
+        self.guest: Optional[_SimGuest] = None
+        self.master_fd: Optional[int] = None
+        self.slave_fd: Optional[int] = None
+        self.host_connects = 0
+        self.dropped = 0
+
+
+class VmSimulator:
+    """Simulated VMs served from a directory of sockets; thread-safe control API."""
+
+    def __init__(self, workdir: str, seed: Optional[int] = None) -> None:
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self._selector = selectors.DefaultSelector()
+        self._vms: Dict[str, _SimVm] = {}
+        self._commands: "queue.Queue[tuple]" = queue.Queue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", ""))
+        self._thread: Optional[threading.Thread] = None
+        self._running = False
+        self._rng = random.Random(seed)
+        self._timers: List[tuple] = []
+        self._counter = itertools.count()
+        self.loop_errors: List[str] = []
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self) -> "VmSimulator":
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="vmsim", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._running = False
+        self._wake()
+        self._thread.join(timeout=5)
+        self._thread = None
+        for vm in list(self._vms.values()):
+            self._teardown(vm, unlink=True)
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __enter__(self) -> "VmSimulator":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- control API (any thread) -------------------------------------------------
+    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Run ``fn`` in the simulator thread and return its result."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._commands.put((fn, future))
+        self._wake()
+        return future.result(timeout)
+
+    def add_vm(
+        self,
+        guest: str = "sim",
+        *,
+        uuid: Optional[str] = None,
+        name: Optional[str] = None,
+        interval_ms: int = 1000,
+        corrective_action: Optional[str] = None,
+    ) -> SimVmInfo:
+        """Add a running VM. ``guest``: ``sim`` (in-process), ``pty`` (real daemon), ``none``."""
+        if guest not in ("sim", "pty", "none"):
+            raise ValueError("guest must be sim, pty or none")
+        vm_uuid = uuid or str(uuidlib.UUID(int=self._rng.getrandbits(128), version=4))
+        vm_name = name or f"vm-{vm_uuid[:8]}"
+        return self.call(
+            lambda: self._add_vm(vm_uuid, vm_name, guest, interval_ms, corrective_action)
+        )
+
+    def freeze(self, vm_uuid: str) -> float:
+        """Freeze a simulated guest (like SIGSTOP of its vCPUs); return the freeze time."""
+        return self.call(lambda: self._set_frozen(vm_uuid, True))
+
+    def thaw(self, vm_uuid: str) -> None:
+        self.call(lambda: self._set_frozen(vm_uuid, False))
+
+    def set_health(self, vm_uuid: str, healthy: bool, reason: str = "") -> None:
+        def apply() -> None:
+            guest = self._sim_guest(vm_uuid)
+            guest.heartbeat.set_health(HEALTHY if healthy else UNHEALTHY, reason)
+
+        self.call(apply)
+
+    def set_hostile(self, vm_uuid: str, kind: Optional[str]) -> None:
+        """Make a simulated guest send hostile bytes continuously (or stop, with None)."""
+        if kind is not None and kind not in HOSTILE_KINDS:
+            raise ValueError(f"hostile kind must be one of {HOSTILE_KINDS}")
+
+        def apply() -> None:
+            self._sim_guest(vm_uuid).hostile = kind
+
+        self.call(apply)
+
+    def guest_exit(self, vm_uuid: str) -> None:
+        """The simulated guest daemon stops gracefully (sends exit)."""
+
+        def apply() -> None:
+            guest = self._sim_guest(vm_uuid)
+            guest.heartbeat.exit(time.monotonic(), "simulated shutdown")
+            guest.channel._flush()
+            guest.stopped = True
+            self._pump_guest(self._vms[vm_uuid])
+
+        self.call(apply)
+
+    def guest_restart(self, vm_uuid: str) -> None:
+        """The simulated guest daemon restarts with a new invocation_id."""
+
+        def apply() -> None:
+            guest = self._sim_guest(vm_uuid)
+            guest.restarts += 1
+            guest.stopped = False
+            guest.new_invocation(time.monotonic())
+            self._pump_guest(self._vms[vm_uuid])
+
+        self.call(apply)
+
+    def kill(self, vm_uuid: str) -> None:
+        """QEMU dies: the socket closes and disappears."""
+        self.call(lambda: self._teardown(self._vms[vm_uuid], unlink=True))
+
+    def inject(self, vm_uuid: str, data: bytes) -> None:
+        """Send raw bytes from the guest side to the host (once)."""
+
+        def apply() -> None:
+            vm = self._vms[vm_uuid]
+            vm.to_host += data
+            self._send_to_host(vm)
+
+        self.call(apply)
+
+    def send_message(self, vm_uuid: str, msg: Message) -> None:
+        self.inject(vm_uuid, msg.encode())
+
+    def stats(self, vm_uuid: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+        def collect() -> Dict[str, Dict[str, Any]]:
+            out = {}
+            for key, vm in self._vms.items():
+                if vm_uuid is not None and key != vm_uuid:
+                    continue
+                entry: Dict[str, Any] = {
+                    "name": vm.info.name,
+                    "host_connected": vm.conn is not None,
+                    "host_connects": vm.host_connects,
+                    "dropped": vm.dropped,
+                }
+                if vm.guest is not None:
+                    hb = vm.guest.heartbeat
+                    entry.update(
+                        state=hb.state,
+                        invocation_id=hb.invocation_id,
+                        challenges_answered=hb.challenges_answered,
+                        effective_interval_ms=hb.effective_interval_ms,
+                        frozen=vm.guest.frozen,
+                        hostile_bytes=vm.guest.hostile_bytes,
+                        nacks=[ln for ln in hb.events if "nacked" in ln][-5:],
+                    )
+                out[key] = entry
+            return out
+
+        return self.call(collect)
+
+    # -- loop thread ----------------------------------------------------------------
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _loop(self) -> None:
+        while self._running:
+            now = time.monotonic()
+            timeout = 0.05
+            if any(vm.guest is not None and vm.guest.hostile for vm in self._vms.values()):
+                timeout = 0.005
+            for key, mask in self._selector.select(timeout):
+                kind, vm_uuid = key.data
+                try:
+                    self._on_ready(kind, vm_uuid, mask)
+                except Exception as exc:  # keep the simulator alive; tests check loop_errors
+                    self.loop_errors.append(f"{kind} {vm_uuid}: {exc!r}")
+            now = time.monotonic()
+            self._run_commands()
+            self._tick_guests(now)
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                fn, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(fn())
+            except Exception as exc:
+                future.set_exception(exc)
+
+    def _add_vm(
+        self, vm_uuid: str, name: str, guest: str, interval_ms: int, action: Optional[str]
+    ) -> SimVmInfo:
+        path = os.path.join(self.workdir, f"{vm_uuid}.sock")
+        listener = self._listen(path)
+        port = None
+        master = slave = None
+        if guest == "pty":
+            master, slave = os.openpty()
+            tty.setraw(slave)
+            os.set_blocking(master, False)
+            port = os.ttyname(slave)
+        info = SimVmInfo(vm_uuid, name, path, port)
+        vm = _SimVm(info, listener)
+        vm.master_fd, vm.slave_fd = master, slave
+        if guest == "sim":
+            vm.guest = _SimGuest(name, interval_ms, action, time.monotonic())
+            vm.guest.heartbeat.host_disconnected(time.monotonic())
+        self._vms[vm_uuid] = vm
+        self._selector.register(listener, selectors.EVENT_READ, ("listen", vm_uuid))
+        if master is not None:
+            self._selector.register(master, selectors.EVENT_READ, ("pty", vm_uuid))
+        return info
+
+    def _listen(self, path: str) -> socket.socket:
+        if os.path.exists(path):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        sock.listen(1)
+        sock.setblocking(False)
+        return sock
+
+    def _teardown(self, vm: _SimVm, unlink: bool) -> None:
+        for sock in (vm.conn, vm.listener):
+            if sock is not None:
+                try:
+                    self._selector.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+                sock.close()
+        vm.conn = vm.listener = None
+        for fd in (vm.master_fd, vm.slave_fd):
+            if fd is not None:
+                try:
+                    self._selector.unregister(fd)
+                except (KeyError, ValueError):
+                    pass
+                os.close(fd)
+        vm.master_fd = vm.slave_fd = None
+        if unlink:
+            try:
+                os.unlink(vm.info.socket_path)
+            except OSError:
+                pass
+
+    def _sim_guest(self, vm_uuid: str) -> _SimGuest:
+        guest = self._vms[vm_uuid].guest
+        if guest is None:
+            raise ValueError(f"{vm_uuid} has no simulated guest")
+        return guest
+
+    def _set_frozen(self, vm_uuid: str, frozen: bool) -> float:
+        vm = self._vms[vm_uuid]
+        guest = self._sim_guest(vm_uuid)
+        now = time.monotonic()
+        guest.frozen = frozen
+        guest.frozen_at = now if frozen else None
+        if not frozen and vm.to_guest:
+            data, vm.to_guest = bytes(vm.to_guest), bytearray()
+            guest.channel.receive_data(data, now)
+            self._pump_guest(vm)
+        self._update_conn_interest(vm)
+        return now
+
+    def _on_ready(self, kind: str, vm_uuid: str, mask: int) -> None:
+        vm = self._vms.get(vm_uuid)
+        if vm is None:
+            return
+        now = time.monotonic()
+        if kind == "listen":
+            assert vm.listener is not None
+            try:
+                conn, _ = vm.listener.accept()
+            except BlockingIOError:
+                return
+            if vm.conn is not None:
+                conn.close()  # QEMU serves one client at a time
+                return
+            conn.setblocking(False)
+            vm.conn = conn
+            vm.host_connects += 1
+            self._selector.register(conn, selectors.EVENT_READ, ("conn", vm_uuid))
+            if vm.guest is not None and not vm.guest.stopped:
+                vm.guest.channel.host_connected(now)
+                self._pump_guest(vm)
+            self._send_to_host(vm)
+        elif kind == "conn":
+            if mask & selectors.EVENT_WRITE:
+                self._send_to_host(vm)
+            if mask & selectors.EVENT_READ:
+                self._read_host(vm, now)
+        elif kind == "pty":
+            if mask & selectors.EVENT_READ:
+                try:
+                    data = os.read(vm.master_fd, 65536)  # type: ignore[arg-type]
+                except OSError as exc:
+                    if exc.errno in (errno.EAGAIN, errno.EIO):
+                        return
+                    raise
+                self._queue_to_host(vm, data)
+            if mask & selectors.EVENT_WRITE:
+                self._write_pty(vm)
+
+    def _read_host(self, vm: _SimVm, now: float) -> None:
+        assert vm.conn is not None
+        try:
+            data = vm.conn.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            try:
+                self._selector.unregister(vm.conn)
+            except (KeyError, ValueError):
+                pass
+            vm.conn.close()
+            vm.conn = None
+            if vm.guest is not None:
+                vm.guest.channel.host_disconnected(now)
+            return
+        if vm.guest is not None:
+            if vm.guest.frozen or vm.guest.stopped:
+                if vm.guest.frozen and len(vm.to_guest) < MAX_PENDING:
+                    vm.to_guest += data
+                return
+            vm.guest.channel.receive_data(data, now)
+            self._pump_guest(vm)
+        elif vm.master_fd is not None:
+            vm.to_guest += data
+            self._write_pty(vm)
+
+    def _write_pty(self, vm: _SimVm) -> None:
+        if vm.master_fd is None:
+            return
+        while vm.to_guest:
+            try:
+                n = os.write(vm.master_fd, vm.to_guest[:4096])
+            except BlockingIOError:
+                break
+            del vm.to_guest[:n]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if vm.to_guest else 0)
+        self._selector.modify(vm.master_fd, events, ("pty", vm.info.uuid))
+        self._update_conn_interest(vm)
+
+    def _queue_to_host(self, vm: _SimVm, data: bytes) -> None:
+        room = MAX_PENDING - len(vm.to_host)
+        if len(data) > room:
+            vm.dropped += len(data) - max(room, 0)
+            data = data[: max(room, 0)]
+        vm.to_host += data
+        self._send_to_host(vm)
+
+    def _pump_guest(self, vm: _SimVm) -> None:
+        guest = vm.guest
+        if guest is None:
+            return
+        pending = guest.channel.pending_output()
+        if pending:
+            guest.channel.output_sent(len(pending))
+            self._queue_to_host(vm, pending)
+
+    def _send_to_host(self, vm: _SimVm) -> None:
+        if vm.conn is None or not vm.to_host:
+            self._update_conn_interest(vm)
+            return
+        try:
+            n = vm.conn.send(vm.to_host)
+            del vm.to_host[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            pass
+        self._update_conn_interest(vm)
+
+    def _update_conn_interest(self, vm: _SimVm) -> None:
+        if vm.conn is None:
+            return
+        read = True
+        if vm.guest is not None and vm.guest.frozen and len(vm.to_guest) >= MAX_PENDING:
+            read = False
+        if vm.master_fd is not None and len(vm.to_guest) >= MAX_PENDING:
+            read = False
+        events = (selectors.EVENT_READ if read else 0) | (
+            selectors.EVENT_WRITE if vm.to_host else 0
+        )
+        key = self._selector.get_map().get(vm.conn)
+        if events == 0:
+            if key is not None:
+                self._selector.unregister(vm.conn)
+        elif key is None:
+            self._selector.register(vm.conn, events, ("conn", vm.info.uuid))
+        elif key.events != events:
+            self._selector.modify(vm.conn, events, ("conn", vm.info.uuid))
+
+    def _tick_guests(self, now: float) -> None:
+        for vm in self._vms.values():
+            guest = vm.guest
+            if guest is None or guest.frozen or guest.stopped:
+                continue
+            deadline = guest.channel.next_deadline()
+            if deadline is not None and deadline <= now:
+                guest.channel.tick(now)
+                self._pump_guest(vm)
+            if guest.hostile and vm.conn is not None and len(vm.to_host) < 65536:
+                payload = self._hostile_bytes(guest.hostile, vm)
+                guest.hostile_bytes += len(payload)
+                self._queue_to_host(vm, payload)
+
+    def _hostile_bytes(self, kind: str, vm: _SimVm) -> bytes:
+        rng = self._rng
+        if kind == "garbage":
+            return bytes(rng.getrandbits(8) for _ in range(4096))
+        if kind == "malformed":
+            return b"\n{not json at all\n" * 200
+        if kind == "oversized":
+            return b"{" + b"x" * 16384
+        if kind == "flood":
+            msg = Message(
+                HEARTBEAT,
+                "challenge_response",
+                {"seq": 1, "nonce": "00000000", "health": HEALTHY, "reason": ""},
+            )
+            return msg.encode() * 200
+        if kind == "spoof_broadcast":
+            other = next((u for u in self._vms if u != vm.info.uuid), vm.info.uuid)
+            data = {"msg_type": "broadcast", "source_instance": other, "data": "x"}
+            from ..protocol.envelope import encode_envelope
+
+            return encode_envelope(SERVER_GROUP, data) * 100
+        raise ValueError(kind)
