@@ -496,7 +496,7 @@ class VmSimulator:
     def _hostile_bytes(self, kind: str, vm: _SimVm) -> bytes:
         rng = self._rng
         if kind == "garbage":
-            return bytes(rng.getrandbits(8) for _ in range(4096))
+            return rng.randbytes(4096)
         if kind == "malformed":
             return b"\n{not json at all\n" * 200
         if kind == "oversized":

@@ -1,0 +1,164 @@
+"""Run a real compute engine process against simulated VMs (tests, benchmarks, demo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+import yaml
+
+from .vmsim import SimVmInfo
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns a truthy value; raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+class EngineProcess:
+    """``guest-ha-compute run`` as a child process with a private config and event log."""
+
+    def __init__(
+        self,
+        workdir: str,
+        vms: Iterable[SimVmInfo] = (),
+        *,
+        socket_dir: Optional[str] = None,
+        heartbeat: Optional[Dict[str, Any]] = None,
+        limits: Optional[Dict[str, Any]] = None,
+        log_events: bool = False,
+        log_level: str = "info",
+    ) -> None:
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.events_path = os.path.join(workdir, "events.jsonl")
+        self.status_path = os.path.join(workdir, "compute.sock")
+        self.config_path = os.path.join(workdir, "compute.yaml")
+        self.log_path = os.path.join(workdir, "compute.log")
+        config: Dict[str, Any] = {
+            "vms": [{"uuid": v.uuid, "name": v.name, "socket": v.socket_path} for v in vms],
+            "heartbeat": {"restart_timeout_s": 60.0, **(heartbeat or {})},
+            "events": {"log": log_events, "jsonl": self.events_path},
+            "status_socket": self.status_path,
+            "log_level": log_level,
+        }
+        if socket_dir:
+            config["socket_dir"] = socket_dir
+            config["rescan_interval_s"] = 0.5
+        if limits:
+            config["limits"] = limits
+        with open(self.config_path, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(config, fh)
+        self.proc: Optional[subprocess.Popen] = None
+        self._log = None
+        self._offset = 0
+        self._events: List[Dict[str, Any]] = []
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> "EngineProcess":
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "guest_ha.compute.cli", "run", "--config", self.config_path],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: os.path.exists(self.status_path) or self.proc.poll() is not None, 15)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"compute engine exited at start:\n{self.log_text()}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> Optional[int]:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        code = self.proc.returncode
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def __enter__(self) -> "EngineProcess":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+    def events(self) -> List[Dict[str, Any]]:
+        """All events so far (read incrementally from the JSON-lines sink)."""
+        try:
+            with open(self.events_path, "rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return self._events
+        end = chunk.rfind(b"\n") + 1
+        for line in chunk[:end].splitlines():
+            if line.strip():
+                self._events.append(json.loads(line))
+        self._offset += end
+        return self._events
+
+    def wait_event(
+        self,
+        kind: str,
+        uuid: Optional[str] = None,
+        timeout: float = 10.0,
+        after: int = 0,
+    ) -> Dict[str, Any]:
+        """Wait for the first event of ``kind`` (for ``uuid``) at index >= ``after``."""
+
+        def find() -> Optional[Dict[str, Any]]:
+            for event in self.events()[after:]:
+                if event["kind"] == kind and (uuid is None or event["instance_uuid"] == uuid):
+                    return event
+            return None
+
+        try:
+            return wait_until(find, timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"no {kind} event for {uuid} within {timeout} s; events: "
+                f"{[(e['kind'], e['instance_uuid'][:8]) for e in self.events()[after:]][-20:]}"
+            ) from None
+
+    def faults(self, uuid: Optional[str] = None) -> List[Dict[str, Any]]:
+        return [
+            e
+            for e in self.events()
+            if e["fault"] and (uuid is None or e["instance_uuid"] == uuid)
+        ]
+
+    def status(self) -> Dict[str, Any]:
+        from ..compute.cli import fetch_status
+
+        return fetch_status(self.status_path)
