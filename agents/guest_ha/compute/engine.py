@@ -76,6 +76,7 @@ class HeartbeatEngine:
         os.set_blocking(self._wake_w, False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._status_sock: Optional[socket.socket] = None
+        self._status_clients: Dict[int, Tuple[socket.socket, bytearray, float]] = {}
         self.started_at = clock()
         self.loop_iterations = 0
 
@@ -150,6 +151,8 @@ class HeartbeatEngine:
                     pass
             elif kind == "status":
                 self._serve_status()
+            elif kind == "status_client":
+                self._write_status_client(uuid)
         self._run_timers(self.clock())
         self._flush_dirty()
 
@@ -378,18 +381,30 @@ class HeartbeatEngine:
         self.selector.register(sock, selectors.EVENT_READ, ("status", None))
 
     def _serve_status(self) -> None:
+        """Accept a status client; its snapshot is written without blocking the loop."""
         assert self._status_sock is not None
         try:
             conn, _ = self._status_sock.accept()
         except OSError:
             return
+        conn.setblocking(False)
+        payload = json.dumps(self.snapshot()).encode() + b"\n"
+        self._status_clients[conn.fileno()] = (conn, bytearray(payload), self.clock() + 10.0)
+        self.selector.register(conn, selectors.EVENT_WRITE, ("status_client", conn.fileno()))
+
+    def _write_status_client(self, fd: int) -> None:
+        conn, pending, deadline = self._status_clients[fd]
         try:
-            conn.settimeout(0.5)
-            conn.sendall(json.dumps(self.snapshot()).encode() + b"\n")
-        except OSError:
+            sent = conn.send(pending)
+            del pending[:sent]
+        except (BlockingIOError, InterruptedError):
             pass
-        finally:
+        except OSError:
+            pending.clear()
+        if not pending or self.clock() > deadline:
+            self.selector.unregister(conn)
             conn.close()
+            del self._status_clients[fd]
 
 
 def scan_socket_dir(path: str) -> Dict[str, VmSpec]:

@@ -73,10 +73,16 @@ class EngineProcess:
 
     def start(self) -> "EngineProcess":
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ)
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, env.get("PYTHONPATH", "")) if p
+        )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "guest_ha.compute.cli", "run", "--config", self.config_path],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            env=env,
         )
         wait_until(lambda: os.path.exists(self.status_path) or self.proc.poll() is not None, 15)
         if self.proc.poll() is not None:
@@ -105,6 +111,12 @@ class EngineProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the engine process has used so far."""
+        with open(f"/proc/{self.pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_text(self) -> str:
         try:

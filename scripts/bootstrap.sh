@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Create or update the project's virtualenv (.venv) with everything the tests,
+# benchmarks and demo need. Safe to run again: it only reinstalls what changed.
+# Downloads are cached in .cache/ (git-ignored); nothing depends on the cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+CACHE="$REPO/.cache"
+mkdir -p "$CACHE/pip"
+
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+apt_install() {
+    # Install Debian packages that are missing (needs root, as in CI).
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        log "missing Debian packages: ${missing[*]} (run as root or install them)"; return 1
+    fi
+    log "apt-get install ${missing[*]}"
+    if [ ! -f "$CACHE/apt-updated" ] || [ -n "$(find "$CACHE/apt-updated" -mmin +720)" ]; then
+        apt-get update -qq && touch "$CACHE/apt-updated"
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
+    apt_install python3-venv
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    log "creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+
+STAMP=.venv/.guest-ha-installed
+WANT=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+    log "installing guest-ha and its test dependencies into .venv"
+    .venv/bin/pip install -q --cache-dir "$CACHE/pip" --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/pip install -q --cache-dir "$CACHE/pip" -e '.[test]'
+    echo "$WANT" > "$STAMP"
+fi
+log "ready: $(.venv/bin/python --version)"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, then every tier (unit, integration, e2e).
+# Extra arguments go to pytest, e.g. `scripts/test.sh -m unit` for the fast tier.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+echo "== ruff"
+.venv/bin/ruff check agents tests bench scripts
+echo "== pytest"
+exec .venv/bin/pytest "${@:-tests}"
