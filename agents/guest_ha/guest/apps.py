@@ -115,8 +115,12 @@ class AppRegistry:
     def report(self, app: App, healthy: bool, reason: str, now: float) -> None:
         if app.healthy != healthy:
             log = self.log.info if healthy else self.log.warning
-            log("app %s reports %s%s", app.name, "healthy" if healthy else "unhealthy",
-                f" ({reason})" if reason else "")
+            log(
+                "app %s reports %s%s",
+                app.name,
+                "healthy" if healthy else "unhealthy",
+                f" ({reason})" if reason else "",
+            )
         app.healthy, app.reason = healthy, reason
         app.last_seen = now
         app.reports += 1
@@ -302,9 +306,9 @@ class AppServer:
                 self._read(client, now)
             if fd in self.clients and (revents & select.POLLOUT or client.outbuf):
                 self._write(client, now)
-            if fd in self.clients and revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                if client.closing or not client.outbuf:
-                    self._drop(client, now)
+            hangup = revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL)
+            if fd in self.clients and hangup and (client.closing or not client.outbuf):
+                self._drop(client, now)
         except Exception:  # a client must never take the daemon down
             self.log.exception("app client %d: unexpected error; dropping it", client.id)
             self._drop(client, now)
@@ -439,7 +443,8 @@ class AppServer:
             or not (timeout_ms == 0 or MIN_TIMEOUT_MS <= timeout_ms <= MAX_TIMEOUT_MS)
         ):
             raise ApiError(
-                f"timeout_ms must be 0 (no timeout) or between {MIN_TIMEOUT_MS} and {MAX_TIMEOUT_MS}"
+                "timeout_ms must be 0 (no timeout) or between "
+                f"{MIN_TIMEOUT_MS} and {MAX_TIMEOUT_MS}"
             )
         on_disconnect = req.get("on_disconnect", "unhealthy")
         if on_disconnect not in ON_DISCONNECT:

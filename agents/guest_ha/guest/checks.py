@@ -139,7 +139,10 @@ class CheckRunner:
         if len(found) > MAX_CHECKS:
             if not self._too_many_logged:
                 self.log.warning(
-                    "%d checks in %s; only the first %d run", len(found), self.checks_dir, MAX_CHECKS
+                    "%d checks in %s; only the first %d run",
+                    len(found),
+                    self.checks_dir,
+                    MAX_CHECKS,
                 )
                 self._too_many_logged = True
             found = found[:MAX_CHECKS]

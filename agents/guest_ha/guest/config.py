@@ -159,14 +159,18 @@ def read_config_file(path: str, required: bool) -> Dict[str, Any]:
         raise ConfigError(f"config file {path}: {first}") from None
     other = [s for s in parser.sections() if s != SECTION]
     if other:
-        raise ConfigError(f"config file {path}: unknown section [{other[0]}] (expected [{SECTION}])")
+        raise ConfigError(
+            f"config file {path}: unknown section [{other[0]}] (expected [{SECTION}])"
+        )
     values: Dict[str, Any] = {}
     if not parser.has_section(SECTION):
         return values
     for key, text in parser.items(SECTION):
         if key not in OPTIONS_BY_KEY:
             known = ", ".join(OPTIONS_BY_KEY)
-            raise ConfigError(f"config file {path}: unknown key {key!r} in [{SECTION}] (known: {known})")
+            raise ConfigError(
+                f"config file {path}: unknown key {key!r} in [{SECTION}] (known: {known})"
+            )
         values[key] = _parse_value(key, text, f"config file {path} [{SECTION}]")
     return values
 

@@ -89,11 +89,18 @@ class ChardevPort(RawPort):
             raise
 
     def hangup(self) -> bool:
+        """POLLHUP without a dead device: virtio's "no host connected".
+
+        A hung-up tty (pty whose master closed) also reports POLLHUP and reads
+        0, but fails every write with EIO: a zero-length write tells them apart
+        (virtio-serial returns 0 for it without touching the host side).
+        """
         for _fd, revents in self._probe.poll(0):
             if revents & select.POLLNVAL:
                 raise DeviceGone("descriptor no longer valid")
-            if revents & select.POLLHUP:
-                return True
+            if revents & (select.POLLHUP | select.POLLERR):
+                self.write(b"")
+                return bool(revents & select.POLLHUP)
         return False
 
     def close(self) -> None:
@@ -219,11 +226,11 @@ class PortLink:
                 if data:
                     self.counters["bytes_in"] += len(data)
                     self.channel.receive_data(data, now)
-                elif data == b"" or (
-                    revents & select.POLLHUP and self.port.supports_hangup and self.port.hangup()
-                ):
-                    self._enter_hangup(now)
-                    return
+                elif data == b"" or revents & select.POLLHUP:
+                    hung_up = self.port.supports_hangup and self.port.hangup()
+                    if hung_up or data == b"":
+                        self._enter_hangup(now)
+                        return
             if revents & select.POLLOUT:
                 self.flush(now)
         except DeviceGone as exc:
