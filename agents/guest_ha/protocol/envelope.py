@@ -7,6 +7,8 @@ mandatory; ``data`` is an object whose ``msg_type`` names the PDU.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Dict
 
@@ -40,11 +42,31 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"JSON constant {name} is not allowed")
 
 
+def _parse_finite_float(text: str) -> float:
+    # 1e400 would read as inf, which json.dumps writes as the non-JSON token
+    # Infinity: a message could validate here and be unreadable once relayed.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+# A \uD800-\uDFFF escape may leave a lone surrogate in a string, which has no
+# UTF-8 encoding: re-encoding the message (to relay it, or to quote it in a
+# nack) would raise UnicodeEncodeError. Only frames with such an escape are checked.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
 def parse_json_object(frame: bytes) -> Dict[str, Any]:
     """Parse one frame as a UTF-8 JSON object; raise :class:`MalformedFrame`."""
     try:
         text = frame.decode("utf-8")
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_finite_float)
+        if _SURROGATE_ESCAPE.search(text):
+            try:
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("string holds a lone UTF-16 surrogate") from None
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise MalformedFrame(f"frame is not valid UTF-8 JSON: {_short(exc)}") from None
     if not isinstance(obj, dict):

@@ -263,7 +263,9 @@ class HostHeartbeat:
         self._answered = False
         self._challenge_sent_at = now
         interval_s = self.interval_ms / 1000.0
-        nxt = (self._next_challenge or now) + interval_s
+        # "is None", not "or": a schedule point of 0.0 is a valid clock value
+        base = now if self._next_challenge is None else self._next_challenge
+        nxt = base + interval_s
         self._next_challenge = nxt if nxt > now else now + interval_s
         self.challenges_sent += 1
         self.outbox.append(Message(HEARTBEAT, "challenge", {"seq": self.seq, "nonce": self._nonce}))
@@ -394,23 +396,25 @@ class GuestHeartbeat:
         if self.state == self.REGISTERING:
             if self._next_init is None or now >= self._next_init:
                 self._send_init(now)
-        elif self.state == self.REGISTERED:
-            stale_after = self.stale_intervals * self.effective_interval_ms / 1000.0 + 0.5
-            if now - self._last_challenge > stale_after:
-                self.events.append(f"no challenge for {stale_after:.1f} s: registering again")
-                self.state = self.REGISTERING
-                self._send_init(now)
+        # ">=" against the very value next_deadline() returns: a tick at the
+        # deadline must act, or an event loop would spin on it.
+        elif self.state == self.REGISTERED and now >= self._stale_at():
+            self.events.append(f"no challenge for {self._stale_after():.1f} s: registering again")
+            self.state = self.REGISTERING
+            self._send_init(now)
 
     def next_deadline(self) -> Optional[float]:
         if self.state == self.REGISTERING:
             return self._next_init
         if self.state == self.REGISTERED:
-            return (
-                self._last_challenge
-                + self.stale_intervals * self.effective_interval_ms / 1000.0
-                + 0.5
-            )
+            return self._stale_at()
         return None
+
+    def _stale_after(self) -> float:
+        return self.stale_intervals * self.effective_interval_ms / 1000.0 + 0.5
+
+    def _stale_at(self) -> float:
+        return self._last_challenge + self._stale_after()
 
     def exit(self, now: float, reason: str = "") -> None:
         """Deregister gracefully (SIGTERM): the host raises no fault."""

@@ -237,9 +237,17 @@ def nack(app: str, orig_msg_type: str, log_msg: str) -> Message:
     return Message(
         app,
         "nack",
-        {"orig_msg_type": orig_msg_type[:64], "log_msg": _printable(log_msg)[:MAX_LOG_MSG_CHARS]},
+        {
+            "orig_msg_type": _printable(orig_msg_type[:64]),
+            "log_msg": _printable(log_msg)[:MAX_LOG_MSG_CHARS],
+        },
     )
 
 
 def _printable(text: str) -> str:
-    return "".join(c if ord(c) >= 0x20 else " " for c in text)
+    """Control characters become spaces, lone surrogates U+FFFD (both are echoed
+    from hostile input; the receiver's ``_text`` check rejects the first, UTF-8
+    cannot encode the second)."""
+    return "".join(
+        " " if ord(c) < 0x20 else "\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text
+    )
