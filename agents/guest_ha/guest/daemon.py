@@ -297,8 +297,7 @@ class GuestDaemon:
     def _shutdown(self, reason: str) -> None:
         """Send ``exit`` and give it up to EXIT_FLUSH_S to leave (best effort)."""
         now = self.clock()
-        self.heartbeat.exit(now, reason)
-        self.channel.tick(now)  # moves the exit PDU from the outbox to the output queue
+        self.channel.exit(now, reason)
         deadline = now + EXIT_FLUSH_S
         while self.channel.pending_output() and self.link.state == PortLink.CONNECTED:
             self.link.flush(now)

@@ -150,8 +150,9 @@ class HostChannel:
             self.counters["bad_frames"] += 1
             if self._error_bucket.consume(now):
                 self._log.add(now, f"rejected {exc.msg_type or 'frame'}: {exc.code}: {exc.message}")
-                self.queue(nack(app, exc.msg_type, f"{exc.code}: {exc.message}"))
-                self.counters["nacks_sent"] += 1
+                if exc.msg_type != "nack":  # a nack is never answered with a nack
+                    self.queue(nack(app, exc.msg_type, f"{exc.code}: {exc.message}"))
+                    self.counters["nacks_sent"] += 1
 
     # -- time ---------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -209,6 +210,7 @@ class GuestChannel:
         self.max_output_bytes = 64 * 1024
         self.server_group_inbox: List[Message] = []
         self.bad_frames = 0
+        self.output_dropped = 0
 
     def receive_data(self, data: bytes, now: float) -> None:
         for item in self.decoder.feed(data):
@@ -235,6 +237,8 @@ class GuestChannel:
         self._flush()
 
     def host_connected(self, now: float) -> None:
+        # Whatever was queued for the previous host is stale: registration starts afresh.
+        self._out.clear()
         self.decoder.reset()
         self.heartbeat.host_connected(now)
         self._flush()
@@ -249,9 +253,15 @@ class GuestChannel:
     def next_deadline(self) -> Optional[float]:
         return self.heartbeat.next_deadline()
 
+    def exit(self, now: float, reason: str = "") -> None:
+        """Deregister gracefully; the ``exit`` PDU is queued at once."""
+        self.heartbeat.exit(now, reason)
+        self._flush()
+
     def queue(self, msg: Message) -> bool:
         frame = msg.encode()
         if len(self._out) + len(frame) > self.max_output_bytes:
+            self.output_dropped += 1
             return False
         self._out += frame
         return True

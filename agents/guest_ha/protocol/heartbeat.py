@@ -14,7 +14,15 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .envelope import HEARTBEAT
 from .errors import NotRegistered
-from .messages import GUEST_TO_HOST, HEALTHY, HOST_TO_GUEST, UNHEALTHY, Message, make
+from .messages import (
+    GUEST_TO_HOST,
+    HEALTHY,
+    HOST_TO_GUEST,
+    UNHEALTHY,
+    Message,
+    _printable,
+    make,
+)
 
 # Host-side event kinds. Faults first.
 HEARTBEAT_LOST = "heartbeat_lost"
@@ -133,7 +141,7 @@ class HostHeartbeat:
         A guest still registered is challenged at once; otherwise it has
         ``restart_timeout`` to register.
         """
-        if not self.connected or self.state == self.EXITED:
+        if not self.connected or self.state in (self.EXITED, self.MONITORING):
             return
         if self.invocation_id is not None and self.state == self.SUSPENDED:
             self.state = self.MONITORING
@@ -191,6 +199,7 @@ class HostHeartbeat:
         interval = self.policy.clamp(requested)
         same = self.state == self.MONITORING and msg["invocation_id"] == self.invocation_id
         previous = self.invocation_id
+        old_interval = self.interval_ms
         self.invocation_id = msg["invocation_id"]
         self.name = msg["name"]
         self.corrective_action = msg.fields.get("corrective_action")
@@ -206,8 +215,13 @@ class HostHeartbeat:
             )
         )
         if same:
-            return  # a repeated or stale init: acknowledged, schedule kept
+            # A repeated or stale init: acknowledged, schedule kept (re-timed if the
+            # interval changed, so the new interval applies from the next challenge).
+            if interval != old_interval:
+                self._next_challenge = self._challenge_sent_at + interval / 1000.0
+            return
         self.state = self.MONITORING
+        self._next_challenge = None  # a new registration starts a fresh schedule
         self.misses = 0
         self._restart_deadline = None
         self._emit(
@@ -224,7 +238,7 @@ class HostHeartbeat:
 
     def _on_challenge_response(self, msg: Message, now: float) -> None:
         if self.state != self.MONITORING:
-            raise NotRegistered("not_registered: send init first", "challenge_response")
+            raise NotRegistered("send init first", "challenge_response")
         if self._answered or msg["seq"] != self.seq or msg["nonce"] != self._nonce:
             self.stale_responses += 1
             return
@@ -355,7 +369,7 @@ class GuestHeartbeat:
     def set_health(self, health: str, reason: str = "") -> None:
         if health not in (HEALTHY, UNHEALTHY):
             raise ValueError(f"health must be {HEALTHY!r} or {UNHEALTHY!r}")
-        self.health, self.reason = health, reason[:256]
+        self.health, self.reason = health, _printable(reason)[:256]
 
     def receive(self, msg: Message, now: float) -> None:
         if self.state in (self.IDLE, self.EXITED):
@@ -418,14 +432,15 @@ class GuestHeartbeat:
 
     def exit(self, now: float, reason: str = "") -> None:
         """Deregister gracefully (SIGTERM): the host raises no fault."""
-        if self.state in (self.REGISTERING, self.REGISTERED):
+        if self.state in (self.REGISTERING, self.REGISTERED) and self.host_present:
+            # While no host is connected the PDU would only arrive stale, later.
             self.outbox.append(
                 make(
                     HEARTBEAT,
                     "exit",
                     GUEST_TO_HOST,
                     invocation_id=self.invocation_id,
-                    reason=reason[:256],
+                    reason=_printable(reason)[:256],
                 )
             )
         self.state = self.EXITED

@@ -20,7 +20,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from ..compute.cli import format_status
-from .harness import EngineProcess, wait_until
+from .harness import EngineProcess
 from .vmsim import SimVmInfo, VmSimulator
 
 
@@ -37,19 +37,31 @@ def start_guest_daemon(vm: SimVmInfo, workdir: str, interval_ms: int) -> subproc
     os.makedirs(checks, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-                    env.get("PYTHONPATH", "")) if p
+        p
+        for p in (
+            os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+            env.get("PYTHONPATH", ""),
+        )
+        if p
     )
     log = open(os.path.join(workdir, "guestd.log"), "ab")  # noqa: SIM115 - child owns it
     return subprocess.Popen(
         [
-            sys.executable, "-m", "guest_ha.guest.daemon",
-            "--config", os.devnull,
-            "--port", str(vm.guest_port),
-            "--name", vm.name,
-            "--interval-ms", str(interval_ms),
-            "--checks-dir", checks,
-            "--app-socket", os.path.join(workdir, "app.sock"),
+            sys.executable,
+            "-m",
+            "guest_ha.guest.daemon",
+            "--config",
+            os.devnull,
+            "--port",
+            str(vm.guest_port),
+            "--name",
+            vm.name,
+            "--interval-ms",
+            str(interval_ms),
+            "--checks-dir",
+            checks,
+            "--app-socket",
+            os.path.join(workdir, "app.sock"),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -134,8 +146,9 @@ def run(vms: int, interval_ms: int) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--vms", type=int, default=5, help="simulated VMs besides the real one")
     parser.add_argument("--interval-ms", type=int, default=200)
     args = parser.parse_args(argv)

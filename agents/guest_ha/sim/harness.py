@@ -165,9 +165,7 @@ class EngineProcess:
 
     def faults(self, uuid: Optional[str] = None) -> List[Dict[str, Any]]:
         return [
-            e
-            for e in self.events()
-            if e["fault"] and (uuid is None or e["instance_uuid"] == uuid)
+            e for e in self.events() if e["fault"] and (uuid is None or e["instance_uuid"] == uuid)
         ]
 
     def status(self) -> Dict[str, Any]:
