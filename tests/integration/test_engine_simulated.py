@@ -190,3 +190,22 @@ def test_flooding_and_garbage_vms_cause_no_false_fault_on_50_vms(
         status = {v["instance_uuid"]: v for v in engine.status()["vms"]}
         assert status[garbage.uuid]["counters"]["bad_frames"] > 0
         assert status[flooder.uuid]["counters"]["rate_limited"] > 0
+
+
+def test_server_group_request_is_nacked_until_routing_exists(
+    sim: VmSimulator, short_tmp: str
+) -> None:
+    from guest_ha.protocol import GUEST_TO_HOST, SERVER_GROUP, make
+
+    vm = sim.add_vm(interval_ms=100)
+    with EngineProcess(os.path.join(short_tmp, "engine"), [vm]) as engine:
+        engine.wait_event("registered", vm.uuid)
+        sim.send_message(vm.uuid, make(SERVER_GROUP, "status_query", GUEST_TO_HOST, seq=1))
+        wait_until(
+            lambda: any(
+                m["msg_type"] == "nack" and m["log_msg"].startswith("not_enabled:")
+                for m in sim.stats(vm.uuid)[vm.uuid]["server_group_received"]
+            ),
+            5,
+        )
+        assert engine.faults() == []

@@ -19,7 +19,8 @@ import socket
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ..protocol import HostChannel
+from ..protocol import SERVER_GROUP, HostChannel
+from ..protocol.messages import nack
 from .config import ComputeConfig, VmSpec
 from .sinks import EventSink, VmEvent
 
@@ -297,6 +298,17 @@ class HeartbeatEngine:
 
     def _after_channel_activity(self, vm: VmConnection) -> None:
         channel = vm.channel
+        if channel.server_group_inbox:
+            # Server group routing is not part of this agent yet: refuse, bounded.
+            inbox, channel.server_group_inbox = channel.server_group_inbox, []
+            for msg in inbox:
+                channel.queue(
+                    nack(
+                        SERVER_GROUP,
+                        msg.msg_type,
+                        "not_enabled: server group messaging is not enabled for this VM",
+                    )
+                )
         for event in channel.take_events():
             self.sink.emit(
                 VmEvent(

@@ -233,6 +233,10 @@ class VmSimulator:
                         frozen=vm.guest.frozen,
                         hostile_bytes=vm.guest.hostile_bytes,
                         nacks=[ln for ln in hb.events if "nacked" in ln][-5:],
+                        server_group_received=[
+                            {"msg_type": m.msg_type, **m.fields}
+                            for m in vm.guest.channel.server_group_inbox
+                        ],
                     )
                 out[key] = entry
             return out
@@ -441,6 +445,11 @@ class VmSimulator:
         guest = vm.guest
         if guest is None:
             return
+        inbox = guest.channel.server_group_inbox
+        if len(inbox) > 50:
+            del inbox[:-50]
+        if len(guest.heartbeat.events) > 50:
+            del guest.heartbeat.events[:-50]
         pending = guest.channel.pending_output()
         if pending:
             guest.channel.output_sent(len(pending))
