@@ -28,6 +28,16 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
+# Hypervisor, image building and libvirt-python's build dependencies.
+APT_PACKAGES=(
+    libvirt-daemon libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
+    qemu-system-x86 qemu-utils libvirt-dev pkg-config gcc python3-dev
+    debootstrap busybox-static cpio e2fsprogs openssh-server openssh-client
+)
+if [ "${GUEST_HA_SKIP_APT:-0}" != 1 ]; then
+    apt_install "${APT_PACKAGES[@]}"
+fi
+
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
     apt_install python3-venv

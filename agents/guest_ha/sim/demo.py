@@ -98,6 +98,7 @@ def run(vms: int, interval_ms: int) -> Dict[str, Any]:
                 print(f"    FAULT heartbeat_lost for {victim.uuid} after {detect_ms:.0f} ms")
                 show(engine)
                 say(f"thawing {victim.name}")
+                sim.thaw(victim.uuid)
                 engine.wait_event("recovered", victim.uuid, 10, after=mark)
                 print("    recovered")
 
