@@ -26,7 +26,8 @@ def _running(name: str) -> bool:
 
 def _configure_qemu_user() -> None:
     try:
-        text = open(QEMU_CONF, encoding="utf-8").read()
+        with open(QEMU_CONF, encoding="utf-8") as fh:
+            text = fh.read()
     except OSError:
         return
     if re.search(r'^\s*user\s*=\s*"root"', text, re.M):
