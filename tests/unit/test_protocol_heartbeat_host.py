@@ -594,7 +594,7 @@ def test_nack_from_guest_is_harmless():
 
 
 def test_event_detail_and_fault_kinds():
-    assert {"heartbeat_lost", "unhealthy", "restart_timeout"} == FAULT_KINDS
+    assert {"heartbeat_lost", "unhealthy", "restart_timeout", "vm_crashed"} == FAULT_KINDS
     assert HeartbeatEvent("recovered", 1.0).is_fault is False
     assert HeartbeatEvent("unhealthy", 1.0).is_fault is True
 
@@ -650,3 +650,49 @@ def test_property_detection_within_threshold_plus_one_intervals(
     assert detected - reference <= (threshold + 1) * interval + tolerance
     # and never before the guest actually stopped answering
     assert detected >= freeze - tolerance
+
+
+def test_expect_registration_arms_restart_timer_without_fault() -> None:
+    hb = HostHeartbeat(HostPolicy(restart_timeout_s=5.0), nonce_source=lambda: "0123abcd")
+    hb.connection_made(0.0)
+    hb.receive(
+        make(HEARTBEAT, "init", GUEST_TO_HOST, invocation_id="a", name="g", interval_ms=100), 0.0
+    )
+    hb.events.clear()
+    hb.expect_registration(1.0, "reboot")
+    assert [e.kind for e in hb.events] == ["suspended"]
+    hb.tick(5.9)
+    assert not any(e.is_fault for e in hb.events)
+    hb.receive(
+        make(HEARTBEAT, "init", GUEST_TO_HOST, invocation_id="b", name="g", interval_ms=100), 5.95
+    )
+    hb.tick(6.01)
+    assert not any(e.is_fault for e in hb.events)  # registered in time: timer cancelled
+    hb.expect_registration(8.0, "reboot")
+    hb.tick(13.0)
+    assert [e.kind for e in hb.events if e.is_fault] == ["restart_timeout"]
+
+
+def test_report_fault_then_recovered_after_new_registration() -> None:
+    hb = HostHeartbeat(HostPolicy(), nonce_source=lambda: "0123abcd")
+    hb.connection_made(0.0)
+    hb.report_fault(0.5, "vm_crashed", "domain destroyed", cause="destroyed")
+    assert [e.kind for e in hb.events] == ["vm_crashed"]
+    assert hb.events[0].detail["cause"] == "destroyed"
+    hb.receive(
+        make(HEARTBEAT, "init", GUEST_TO_HOST, invocation_id="a", name="g", interval_ms=100), 1.0
+    )
+    hb.receive(
+        make(
+            HEARTBEAT,
+            "challenge_response",
+            GUEST_TO_HOST,
+            seq=hb.seq,
+            nonce="0123abcd",
+            health="healthy",
+        ),
+        1.01,
+    )
+    assert [e.kind for e in hb.events][-1] == "recovered"
+    with pytest.raises(ValueError):
+        hb.report_fault(2.0, "bogus", "x")

@@ -28,7 +28,9 @@ from .messages import (
 HEARTBEAT_LOST = "heartbeat_lost"
 UNHEALTHY_FAULT = "unhealthy"
 RESTART_TIMEOUT = "restart_timeout"
-FAULT_KINDS = frozenset({HEARTBEAT_LOST, UNHEALTHY_FAULT, RESTART_TIMEOUT})
+VM_CRASHED = "vm_crashed"
+"""Reported by the hypervisor side (QEMU died, guest panic, domain destroyed)."""
+FAULT_KINDS = frozenset({HEARTBEAT_LOST, UNHEALTHY_FAULT, RESTART_TIMEOUT, VM_CRASHED})
 RECOVERED = "recovered"
 REGISTERED = "registered"
 EXIT = "exit"
@@ -134,6 +136,25 @@ class HostHeartbeat:
         self._answered = True
         if was_monitoring:
             self._emit(SUSPENDED, now, reason=reason)
+
+    def expect_registration(self, now: float, reason: str) -> None:
+        """The guest OS is (re)starting (boot, reboot): no fault now, but it must
+        register within ``restart_timeout``."""
+        self.suspend(now, reason)
+        self.state = self.SUSPENDED
+        self._arm_restart(now)
+
+    def report_fault(self, now: float, kind: str, reason: str, **detail: Any) -> None:
+        """A fault seen outside the channel (e.g. libvirt says QEMU crashed).
+
+        Heartbeating stops; the next healthy answer after a new registration
+        emits ``recovered``.
+        """
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        self.suspend(now, kind)
+        if self.health != kind:
+            self._set_health(kind, now, reason, **detail)
 
     def resume(self, now: float) -> None:
         """A lifecycle operation ended (resume, migration done): heartbeat again.
