@@ -75,6 +75,14 @@ def fetch_status(path: str, timeout: float = 2.0) -> Dict[str, Any]:
     return json.loads(b"".join(chunks))
 
 
+def _state(vm: Dict[str, Any]) -> str:
+    if vm.get("lifecycle") and vm["health"] == "healthy":
+        return f"suspended ({vm['lifecycle']})"
+    if vm["registered"] or vm["health"] != "healthy":
+        return str(vm["health"])
+    return str(vm["heartbeat_state"])
+
+
 def format_status(status: Dict[str, Any]) -> str:
     headers = ["DOMAIN", "INSTANCE", "CHANNEL", "REGISTERED", "INTERVAL", "RTT", "MISSES", "STATE"]
     rows = [headers]
@@ -88,9 +96,7 @@ def format_status(status: Dict[str, Any]) -> str:
                 "-" if vm["interval_ms"] is None else f"{vm['interval_ms']} ms",
                 "-" if vm["last_rtt_ms"] is None else f"{vm['last_rtt_ms']:.1f} ms",
                 str(vm["misses"]),
-                vm["health"]
-                if vm["registered"] or vm["health"] != "healthy"
-                else vm["heartbeat_state"],
+                _state(vm),
             ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]

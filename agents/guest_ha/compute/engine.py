@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import os
+import queue
 import selectors
 import socket
 import time
@@ -45,6 +46,10 @@ class VmConnection:
         self.backoff = initial_backoff
         self.read_paused = False
         self.scheduled_tick: Optional[float] = None
+        self.source = "config"
+        """Who asked for this VM: ``config``, ``socket_dir`` or ``libvirt``."""
+        self.lifecycle_suspended = ""
+        """Non-empty while a lifecycle operation (pause, shutdown...) is in progress."""
         self.connect_failures = 0
         self.connects = 0
         self.last_error = ""
@@ -76,18 +81,28 @@ class HeartbeatEngine:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._posted: "queue.Queue[Callable[[], None]]" = queue.Queue()
         self._status_sock: Optional[socket.socket] = None
         self._status_clients: Dict[int, Tuple[socket.socket, bytearray, float]] = {}
         self.started_at = clock()
         self.loop_iterations = 0
 
     # -- VM set -------------------------------------------------------------------
-    def add_vm(self, spec: VmSpec) -> None:
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the engine's loop thread soon; safe from any thread."""
+        self._posted.put(fn)
+        try:
+            os.write(self._wake_w, b"p")
+        except OSError:
+            pass
+
+    def add_vm(self, spec: VmSpec, source: str = "config") -> None:
         if spec.uuid in self.vms:
             return
         now = self.clock()
         channel = HostChannel(self.config.heartbeat, self.config.limits, now)
         vm = VmConnection(spec, channel, self.config.reconnect.initial_s)
+        vm.source = source
         self.vms[spec.uuid] = vm
         LOG.info("%s added %s, socket %s", vm.log_prefix, spec.name, spec.socket_path)
         self._try_connect(vm, now)
@@ -100,16 +115,80 @@ class HeartbeatEngine:
         self._close(vm)
         LOG.info("%s removed", vm.log_prefix)
 
+    def upsert_vm(self, spec: VmSpec, source: str) -> None:
+        """Add a VM, or point a known one at a (possibly new) socket and connect now.
+
+        Its heartbeat state (a fault still active, for instance) is kept, so a
+        VM that crashed and was started again reports ``recovered``.
+        """
+        vm = self.vms.get(spec.uuid)
+        if vm is None:
+            self.add_vm(spec, source)
+            return
+        vm.source = source
+        now = self.clock()
+        if vm.spec != spec:
+            LOG.info("%s channel socket is now %s", vm.log_prefix, spec.socket_path)
+            if vm.sock is not None:
+                self._close(vm)
+                vm.state = DISCONNECTED
+                vm.channel.connection_lost(now)
+                self._after_channel_activity(vm)
+            vm.spec = spec
+        if vm.state == DISCONNECTED:
+            vm.backoff = self.config.reconnect.initial_s
+            self._try_connect(vm, now)
+
+    def lifecycle(self, uuid: str, action: str, reason: str) -> None:
+        """Apply a hypervisor lifecycle change: ``suspend``, ``resume`` or ``restart``.
+
+        ``suspend`` stops heartbeating without a fault (pause, shutdown,
+        migration); ``resume`` carries on; ``restart`` (boot, reboot) expects the
+        guest to register again within ``restart_timeout``.
+        """
+        vm = self.vms.get(uuid)
+        if vm is None:
+            return
+        now = self.clock()
+        hb = vm.channel.heartbeat
+        if action == "suspend":
+            vm.lifecycle_suspended = reason
+            hb.suspend(now, reason)
+        elif action == "resume":
+            vm.lifecycle_suspended = ""
+            hb.resume(now)
+        elif action == "restart":
+            vm.lifecycle_suspended = ""
+            hb.expect_registration(now, reason)
+        else:
+            raise ValueError(f"unknown lifecycle action {action!r}")
+        LOG.info("%s lifecycle %s (%s)", vm.log_prefix, action, reason)
+        self._after_channel_activity(vm)
+
+    def report_fault(self, uuid: str, kind: str, reason: str, **detail: object) -> None:
+        """A fault the hypervisor saw (crash, panic): reported like heartbeat faults."""
+        vm = self.vms.get(uuid)
+        if vm is None:
+            return
+        vm.channel.heartbeat.report_fault(self.clock(), kind, reason, **detail)
+        self._after_channel_activity(vm)
+
     def discover(self) -> None:
-        """Sync the VM set with the config list and the socket directory."""
+        """Sync the configured VMs and the socket directory (libvirt VMs are kept)."""
         wanted = {spec.uuid: spec for spec in self.config.vms}
+        sources = dict.fromkeys(wanted, "config")
         if self.config.socket_dir:
-            wanted.update(scan_socket_dir(self.config.socket_dir))
-        for uuid in list(self.vms):
-            if uuid not in wanted or wanted[uuid].socket_path != self.vms[uuid].spec.socket_path:
+            found = scan_socket_dir(self.config.socket_dir)
+            wanted.update(found)
+            sources.update(dict.fromkeys(found, "socket_dir"))
+        for uuid, vm in list(self.vms.items()):
+            if vm.source == "libvirt":
+                continue
+            if uuid not in wanted or wanted[uuid].socket_path != vm.spec.socket_path:
                 self.remove_vm(uuid)
         for spec in wanted.values():
-            self.add_vm(spec)
+            if spec.uuid not in self.vms:
+                self.add_vm(spec, sources[spec.uuid])
 
     # -- loop ---------------------------------------------------------------------
     def run(self, until: Optional[Callable[[], bool]] = None) -> None:
@@ -150,12 +229,24 @@ class HeartbeatEngine:
                     os.read(self._wake_r, 512)
                 except OSError:
                     pass
+                self._run_posted()
             elif kind == "status":
                 self._serve_status()
             elif kind == "status_client":
                 self._write_status_client(uuid)
         self._run_timers(self.clock())
         self._flush_dirty()
+
+    def _run_posted(self) -> None:
+        while True:
+            try:
+                fn = self._posted.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn()
+            except Exception:
+                LOG.exception("posted task failed")
 
     def close(self) -> None:
         for vm in list(self.vms.values()):
@@ -231,6 +322,8 @@ class HeartbeatEngine:
         self.selector.register(sock, selectors.EVENT_READ, ("vm", vm.spec.uuid))
         LOG.info("%s channel connected", vm.log_prefix)
         vm.channel.connection_made(now)
+        if vm.lifecycle_suspended:
+            vm.channel.heartbeat.suspend(now, vm.lifecycle_suspended)
         self._after_channel_activity(vm)
 
     def _close(self, vm: VmConnection) -> None:
@@ -372,6 +465,8 @@ class HeartbeatEngine:
                     "responses_ok": hb.responses_ok,
                     "counters": dict(vm.channel.counters),
                     "read_paused": vm.read_paused,
+                    "source": vm.source,
+                    "lifecycle": vm.lifecycle_suspended or None,
                 }
             )
         return {"uptime_s": round(now - self.started_at, 3), "vms": vms}
