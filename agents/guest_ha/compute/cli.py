@@ -55,9 +55,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         len(config.vms),
         config.socket_dir,
     )
+    monitor = None
+    if config.libvirt.enabled:
+        from .libvirt_monitor import LibvirtMonitor
+
+        try:
+            monitor = LibvirtMonitor(engine, config.libvirt)
+        except RuntimeError as exc:
+            print(f"guest-ha-compute: {exc}", file=sys.stderr)
+            return 2
+        monitor.start()
     try:
         engine.run()
     finally:
+        if monitor is not None:
+            monitor.stop()
         sink.close()
     return 0
 

@@ -45,6 +45,35 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class LibvirtConfig:
+    """Discovery of VMs through libvirt (instead of, or besides, a static list)."""
+
+    enabled: bool = False
+    uri: str = "qemu:///system"
+    mode: str = "standalone"
+    """``standalone``: opt-in from domain metadata or ``optin_file``. ``nova``: from
+    the flavor extra spec ``guest_ha:heartbeat`` (arrives with the Nova integration)."""
+    optin_file: Optional[str] = None
+    """YAML file listing opted-in domains (standalone mode)."""
+    optin_metadata: bool = True
+    """Honour ``<guest_ha:config>`` in the domain metadata (standalone mode)."""
+    manage_channels: bool = True
+    """Hot-attach the channel to opted-in running domains that lack it."""
+    destroyed_is_fault: bool = True
+    """Report ``virsh destroy`` as ``vm_crashed`` (set false where an orchestrator
+    destroys domains as part of normal operations)."""
+    reconnect_max_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("standalone", "nova"):
+            raise ValueError("mode must be standalone or nova")
+        if self.optin_file is not None and not self.optin_file.startswith("/"):
+            raise ValueError("optin_file must be an absolute path")
+        if self.reconnect_max_s <= 0:
+            raise ValueError("reconnect_max_s must be positive")
+
+
+@dataclass(frozen=True)
 class ComputeConfig:
     vms: List[VmSpec] = field(default_factory=list)
     socket_dir: Optional[str] = None
@@ -53,6 +82,7 @@ class ComputeConfig:
     limits: ChannelLimits = field(default_factory=ChannelLimits)
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     events: EventsConfig = field(default_factory=EventsConfig)
+    libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
     status_socket: Optional[str] = DEFAULT_STATUS_SOCKET
     log_level: str = "info"
 
@@ -72,6 +102,9 @@ def _section(cls: type, raw: Any, where: str) -> Any:
         if key not in known:
             raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
         default = known[key].default
+        if value is None and default is None:
+            kwargs[key] = None
+            continue
         expected = type(default) if default is not None else str
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -150,6 +183,7 @@ def parse_config(raw: Any) -> ComputeConfig:
         limits=_section(ChannelLimits, raw.get("limits"), "limits"),
         reconnect=reconnect,
         events=_section(EventsConfig, raw.get("events"), "events"),
+        libvirt=_section(LibvirtConfig, raw.get("libvirt"), "libvirt"),
         status_socket=status_socket,
         log_level=level,
     )

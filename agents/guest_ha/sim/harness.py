@@ -40,6 +40,7 @@ class EngineProcess:
         limits: Optional[Dict[str, Any]] = None,
         log_events: bool = False,
         log_level: str = "info",
+        extra: Optional[Dict[str, Any]] = None,
     ) -> None:
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
@@ -59,6 +60,7 @@ class EngineProcess:
             config["rescan_interval_s"] = 0.5
         if limits:
             config["limits"] = limits
+        config.update(extra or {})
         with open(self.config_path, "w", encoding="utf-8") as fh:
             yaml.safe_dump(config, fh)
         self.proc: Optional[subprocess.Popen] = None

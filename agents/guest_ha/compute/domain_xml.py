@@ -1,0 +1,1 @@
+../../../module_utils/guest_ha_domain_xml.py
