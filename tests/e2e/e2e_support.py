@@ -1,0 +1,114 @@
+"""Helpers for tests on the real libvirtd (qemu:///system) with TCG domains."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid as uuidlib
+from typing import Any, Dict, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from libvirt_support import URI
+
+GUEST_HA_NS = "https://opendev.org/guest-ha/metadata/1"
+
+
+def domain_xml(
+    name: str,
+    uuid: str,
+    *,
+    optin: Optional[bool],
+    controller: bool = True,
+    kernel: Optional[str] = None,
+    initrd: Optional[str] = None,
+    cmdline: str = "",
+    disks: List[Dict[str, str]] = (),  # type: ignore[assignment]
+    serial_log: Optional[str] = None,
+    memory_mib: int = 256,
+) -> str:
+    metadata = ""
+    if optin is not None:
+        metadata = (
+            f"<metadata><guest_ha:config xmlns:guest_ha='{GUEST_HA_NS}'>"
+            f"<guest_ha:heartbeat enabled='{str(optin).lower()}'/></guest_ha:config></metadata>"
+        )
+    boot = ""
+    if kernel:
+        boot = f"<kernel>{kernel}</kernel><initrd>{initrd}</initrd><cmdline>{cmdline}</cmdline>"
+    devices = []
+    for i, disk in enumerate(disks):
+        cache = f" cache='{disk['cache']}'" if disk.get("cache") else ""
+        devices.append(
+            f"<disk type='file' device='disk'><driver name='qemu' type='{disk['format']}'{cache}/>"
+            f"<source file='{disk['path']}'/><target dev='vd{chr(97 + i)}' bus='virtio'/></disk>"
+        )
+    if controller:
+        devices.append("<controller type='virtio-serial' index='0'/>")
+    if serial_log:
+        devices.append(
+            f"<serial type='file'><source path='{serial_log}'/><target port='0'/></serial>"
+        )
+    return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  {metadata}
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type>{boot}</os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    {"".join(devices)}
+    <memballoon model='none'/>
+  </devices>
+</domain>"""
+
+
+class Domains:
+    """Defines test domains and removes every one of them at the end."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.names: List[str] = []
+
+    def define(self, xml_for: Any, *, start: bool = True, **kwargs: Any) -> Any:
+        name = f"gha-e2e-{uuidlib.uuid4().hex[:8]}"
+        uuid = str(uuidlib.uuid4())
+        dom = self.conn.defineXML(xml_for(name, uuid, **kwargs))
+        self.names.append(name)
+        if start:
+            dom.create()
+        return dom
+
+    def cleanup(self) -> None:
+        import libvirt
+
+        for name in self.names:
+            try:
+                dom = self.conn.lookupByName(name)
+            except libvirt.libvirtError:
+                continue
+            try:
+                if dom.isActive():
+                    dom.destroy()
+            except libvirt.libvirtError:
+                pass
+            try:
+                dom.undefine()
+            except libvirt.libvirtError:
+                pass
+
+
+def qemu_pid(name: str) -> int:
+    with open(f"/run/libvirt/qemu/{name}.pid", encoding="ascii") as fh:
+        return int(fh.read().strip())
+
+
+def virsh(*args: str) -> str:
+    return subprocess.run(
+        ["virsh", "-c", URI, *args], check=True, capture_output=True, text=True
+    ).stdout
