@@ -16,8 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from e2e_support import Domains
-
+from guest_ha.sim.testguest import Domains
 from libvirt_support import ensure_libvirtd
 
 

@@ -8,10 +8,10 @@ import os
 import time
 
 import pytest
-from e2e_support import domain_xml, virsh
 
 from guest_ha.compute.domain_xml import find_channel
 from guest_ha.sim.harness import EngineProcess, wait_until
+from guest_ha.sim.testguest import domain_xml, virsh
 
 pytestmark = pytest.mark.e2e
 

@@ -1,18 +1,17 @@
-"""Helpers for tests on the real libvirtd (qemu:///system) with TCG domains."""
+"""Test domains on a real libvirtd: TCG domain XML, bookkeeping and cleanup.
+
+Used by the e2e tests, the VM benchmarks and the demos. Domains are named
+``gha-<purpose>-<random>`` so they are easy to spot and never clash.
+"""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid as uuidlib
-from typing import Any, Dict, List, Optional
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from libvirt_support import URI
+from typing import Any, Dict, List, Optional, Sequence
 
 GUEST_HA_NS = "https://opendev.org/guest-ha/metadata/1"
+URI = "qemu:///system"
 
 
 def domain_xml(
@@ -24,7 +23,7 @@ def domain_xml(
     kernel: Optional[str] = None,
     initrd: Optional[str] = None,
     cmdline: str = "",
-    disks: List[Dict[str, str]] = (),  # type: ignore[assignment]
+    disks: Sequence[Dict[str, str]] = (),
     serial_log: Optional[str] = None,
     memory_mib: int = 256,
 ) -> str:
@@ -71,12 +70,13 @@ def domain_xml(
 class Domains:
     """Defines test domains and removes every one of them at the end."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, prefix: str = "gha-e2e") -> None:
         self.conn = conn
+        self.prefix = prefix
         self.names: List[str] = []
 
     def define(self, xml_for: Any, *, start: bool = True, **kwargs: Any) -> Any:
-        name = f"gha-e2e-{uuidlib.uuid4().hex[:8]}"
+        name = f"{self.prefix}-{uuidlib.uuid4().hex[:8]}"
         uuid = str(uuidlib.uuid4())
         dom = self.conn.defineXML(xml_for(name, uuid, **kwargs))
         self.names.append(name)
