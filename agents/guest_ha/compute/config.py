@@ -52,7 +52,7 @@ class LibvirtConfig:
     uri: str = "qemu:///system"
     mode: str = "standalone"
     """``standalone``: opt-in from domain metadata or ``optin_file``. ``nova``: from
-    the flavor extra spec ``guest_ha:heartbeat`` (arrives with the Nova integration)."""
+    the flavor extra spec ``guest_ha:heartbeat`` (domain metadata, else the Nova API)."""
     optin_file: Optional[str] = None
     """YAML file listing opted-in domains (standalone mode)."""
     optin_metadata: bool = True
@@ -63,10 +63,18 @@ class LibvirtConfig:
     """Report ``virsh destroy`` as ``vm_crashed`` (set false where an orchestrator
     destroys domains as part of normal operations)."""
     reconnect_max_s: float = 10.0
+    nova_clouds_yaml: str = "/etc/guest-ha/clouds.yaml"
+    """Credentials for the Nova API lookups of nova mode (keystoneauth1)."""
+    nova_cloud: str = "guest-ha"
+    nova_region: Optional[str] = None
+    nova_interface: str = "internal"
+    nova_cache_ttl_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("standalone", "nova"):
             raise ValueError("mode must be standalone or nova")
+        if self.nova_interface not in ("public", "internal", "admin"):
+            raise ValueError("nova_interface must be public, internal or admin")
         if self.optin_file is not None and not self.optin_file.startswith("/"):
             raise ValueError("optin_file must be an absolute path")
         if self.reconnect_max_s <= 0:

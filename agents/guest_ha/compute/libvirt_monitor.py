@@ -22,6 +22,7 @@ from ..protocol.heartbeat import VM_CRASHED
 from . import domain_xml
 from .config import LibvirtConfig, VmSpec
 from .engine import HeartbeatEngine
+from .nova import NovaFlavorOptIn, NovaLookupError, session_from_clouds_yaml
 
 LOG = logging.getLogger("guest_ha.compute.libvirt")
 
@@ -125,6 +126,15 @@ class LibvirtMonitor:
         self.config = config
         self.libvirt = _libvirt()
         self.optin_file = OptInFile(config.optin_file)
+        self.nova: Optional[NovaFlavorOptIn] = None
+        if config.mode == "nova":
+            session = session_from_clouds_yaml(config.nova_clouds_yaml, config.nova_cloud)
+            self.nova = NovaFlavorOptIn(
+                session,
+                region=config.nova_region,
+                interface=config.nova_interface,
+                cache_ttl_s=config.nova_cache_ttl_s,
+            )
         self._queue: "queue.Queue[Tuple[str, str, int, int]]" = queue.Queue()
         self._conn: Any = None
         self._callbacks: list = []
@@ -320,16 +330,15 @@ class LibvirtMonitor:
         return self._reconcile(dom)
 
     def wants_heartbeat(self, uuid: str, name: str, xml: str) -> bool:
-        if self.config.mode == "nova":
-            nova = domain_xml.nova_metadata(xml)
-            if nova is not None and nova.extra_specs:
-                return nova.opt_in().heartbeat
-            self._warn_once(
-                uuid,
-                f"[instance {uuid}] no flavor extra specs in the domain metadata: "
-                "Nova API lookup is not available yet, so the domain is not heartbeated",
-            )
-            return False
+        if self.nova is not None:
+            try:
+                wanted, source = self.nova.heartbeat_enabled(xml)
+            except NovaLookupError as exc:
+                # Keep what we knew: an unreachable Nova must not stop heartbeating.
+                self._warn_once(uuid, f"[instance {uuid}] {exc}; keeping current opt-in")
+                return uuid in self.known
+            LOG.debug("[instance %s] heartbeat opt-in %s from %s", uuid, wanted, source)
+            return wanted
         if self.config.optin_metadata:
             opt = domain_xml.opt_in(xml)
             if opt is not None:

@@ -1,0 +1,118 @@
+"""Opt-in from Nova: the flavor extra spec ``guest_ha:heartbeat``.
+
+Recent Nova releases write the flavor's extra specs into the domain metadata,
+which is read first (no API call). Otherwise the server is looked up in the
+Nova API (microversion 2.47+ embeds the flavor with its extra specs) and the
+answer is cached per flavor, since every server of a flavor answers the same.
+Authentication uses a keystoneauth1 session built from a ``clouds.yaml`` entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import yaml
+
+from . import domain_xml
+
+LOG = logging.getLogger("guest_ha.compute.nova")
+
+COMPUTE_MICROVERSION = "2.47"
+
+
+class NovaLookupError(RuntimeError):
+    """Nova could not be asked (auth, catalog, network or an unexpected answer)."""
+
+
+def session_from_clouds_yaml(path: str, cloud: str) -> Any:
+    """A keystoneauth1 Session for ``cloud`` in the ``clouds.yaml`` at ``path``."""
+    try:
+        from keystoneauth1 import loading, session
+    except ImportError as exc:
+        raise NovaLookupError("nova mode needs keystoneauth1 (pip install keystoneauth1)") from exc
+    try:
+        with open(path, encoding="utf-8") as fh:
+            clouds = (yaml.safe_load(fh) or {}).get("clouds", {})
+    except (OSError, yaml.YAMLError) as exc:
+        raise NovaLookupError(f"cannot read {path}: {exc}") from None
+    entry = clouds.get(cloud)
+    if not isinstance(entry, dict) or "auth" not in entry:
+        raise NovaLookupError(f"{path}: no cloud {cloud!r} with an 'auth' section")
+    loader = loading.get_plugin_loader(entry.get("auth_type", "password"))
+    auth = loader.load_from_options(**entry["auth"])
+    return session.Session(auth=auth, verify=entry.get("verify", True))
+
+
+@dataclass
+class _Cached:
+    value: bool
+    expires: float
+
+
+class NovaFlavorOptIn:
+    """Answers "does this instance's flavor ask for heartbeating?"."""
+
+    def __init__(
+        self,
+        session: Any,
+        *,
+        region: Optional[str] = None,
+        interface: str = "internal",
+        cache_ttl_s: float = 300.0,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.session = session
+        self.region = region
+        self.interface = interface
+        self.cache_ttl_s = cache_ttl_s
+        self.clock = clock
+        self._cache: Dict[str, _Cached] = {}
+        self._lock = threading.Lock()
+        self.api_calls = 0
+
+    def heartbeat_enabled(self, xml: str) -> Tuple[bool, str]:
+        """Whether the domain opted in, and where the answer came from."""
+        meta = domain_xml.nova_metadata(xml)
+        if meta is None or not meta.instance_uuid:
+            return False, "not a Nova instance"
+        if meta.extra_specs:
+            return meta.opt_in().heartbeat, "domain metadata"
+        key = meta.flavor_name or meta.instance_uuid
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None and cached.expires > self.clock():
+                return cached.value, f"flavor {key} (cached)"
+        extra_specs = self._server_extra_specs(meta.instance_uuid)
+        value = domain_xml.opt_in_from_extra_specs(extra_specs).heartbeat
+        with self._lock:
+            self._cache[key] = _Cached(value, self.clock() + self.cache_ttl_s)
+        return value, f"flavor {key} (Nova API)"
+
+    def _server_extra_specs(self, instance_uuid: str) -> Dict[str, str]:
+        self.api_calls += 1
+        try:
+            response = self.session.get(
+                f"/servers/{instance_uuid}",
+                endpoint_filter={
+                    "service_type": "compute",
+                    "interface": self.interface,
+                    "region_name": self.region,
+                },
+                headers={"OpenStack-API-Version": f"compute {COMPUTE_MICROVERSION}"},
+                raise_exc=False,
+            )
+        except Exception as exc:  # keystoneauth1 raises many kinds; all mean "cannot ask"
+            raise NovaLookupError(f"Nova lookup of {instance_uuid} failed: {exc}") from None
+        if response.status_code != 200:
+            raise NovaLookupError(
+                f"Nova answered {response.status_code} for server {instance_uuid}"
+            )
+        flavor = response.json().get("server", {}).get("flavor", {})
+        specs = flavor.get("extra_specs")
+        if not isinstance(specs, dict):
+            raise NovaLookupError("Nova's answer has no flavor.extra_specs (microversion < 2.47?)")
+        return {str(k): str(v) for k, v in specs.items()}
