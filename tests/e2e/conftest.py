@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from guest_ha.sim.testguest import Domains
+from guest_ha.sim.testguest import Domains, GuestImage
 from libvirt_support import ensure_libvirtd
 
 
@@ -45,3 +45,10 @@ def domains(lv: Any) -> Iterator[Domains]:
     registry = Domains(lv)
     yield registry
     registry.cleanup()
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> GuestImage:
+    """The test guest baked with the project's own guest role (built once, cached)."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return GuestImage.build(repo)

@@ -6,7 +6,10 @@ Used by the e2e tests, the VM benchmarks and the demos. Domains are named
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 import uuid as uuidlib
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -112,3 +115,66 @@ def virsh(*args: str) -> str:
     return subprocess.run(
         ["virsh", "-c", URI, *args], check=True, capture_output=True, text=True
     ).stdout
+
+
+class GuestImage:
+    """The test guest built by ``scripts/build_test_guest.py`` (kernel, initrd, rootfs)."""
+
+    def __init__(self, out_dir: str) -> None:
+        with open(os.path.join(out_dir, "manifest.json"), encoding="utf-8") as fh:
+            self.manifest = json.load(fh)
+        self.kernel = os.path.join(out_dir, self.manifest["kernel"])
+        self.initrd = os.path.join(out_dir, self.manifest["initrd"])
+        self.rootfs = os.path.join(out_dir, self.manifest["rootfs"])
+        self.cmdline = self.manifest["cmdline"]
+
+    @classmethod
+    def build(cls, repo: str, out_dir: Optional[str] = None) -> "GuestImage":
+        """Build (or reuse the cached) test guest image."""
+        out_dir = out_dir or os.path.join(repo, ".cache", "guest-image", "out")
+        subprocess.run(
+            [
+                sys.executable,
+                os.path.join(repo, "scripts", "build_test_guest.py"),
+                "--out",
+                out_dir,
+            ],
+            check=True,
+        )
+        return cls(out_dir)
+
+    def overlay(self, path: str) -> str:
+        """A copy-on-write qcow2 overlay of the root filesystem, one per VM."""
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", self.rootfs, "-F", "raw", path],
+            check=True,
+        )
+        return path
+
+    def domain_kwargs(
+        self, workdir: str, tag: str, interval_ms: int, control_disk: bool = True
+    ) -> Dict[str, Any]:
+        """Keyword arguments for :func:`domain_xml` that boot this image."""
+        disks = [{"path": self.overlay(os.path.join(workdir, f"{tag}.qcow2")), "format": "qcow2"}]
+        if control_disk:
+            ctl = os.path.join(workdir, f"{tag}.ctl")
+            with open(ctl, "wb") as fh:
+                fh.write(b"0" + b"\0" * (1024 * 1024 - 1))
+            disks.append({"path": ctl, "format": "raw", "cache": "none"})
+        return {
+            "kernel": self.kernel,
+            "initrd": self.initrd,
+            "cmdline": f"{self.cmdline} guest_ha.interval_ms={interval_ms}",
+            "disks": disks,
+            "serial_log": os.path.join(workdir, f"{tag}.console.log"),
+        }
+
+
+def set_control(path: str, unhealthy: bool) -> None:
+    """Flip the test guest's control disk: its check script then fails (or passes)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"1" if unhealthy else b"0", 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,154 @@
+"""The compute agent on the real libvirtd, heartbeating real TCG guests booted
+from the image baked with our guest role, running our real guest daemon.
+
+Each test boots its own guest (about 5-10 s under TCG) and its own agent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from guest_ha.compute.domain_xml import find_channel
+from guest_ha.sim.harness import EngineProcess, wait_until
+from guest_ha.sim.testguest import domain_xml, qemu_pid, set_control, virsh
+
+pytestmark = pytest.mark.e2e
+
+INTERVAL_MS = 300
+INTERVAL_S = INTERVAL_MS / 1000
+BOOT_TIMEOUT = 90
+
+
+def start_agent(workdir: str, restart_timeout_s: float = 120.0) -> EngineProcess:
+    return EngineProcess(
+        workdir,
+        heartbeat={"restart_timeout_s": restart_timeout_s},
+        extra={"libvirt": {"enabled": True}},
+    ).start()
+
+
+@pytest.fixture
+def guest(domains, guest_image, e2e_dir):
+    """A running opted-in guest (channel hot-attached by the agent) and its agent."""
+    dom = domains.define(
+        domain_xml, optin=True, **guest_image.domain_kwargs(e2e_dir, "vm", INTERVAL_MS)
+    )
+    engine = start_agent(os.path.join(e2e_dir, "agent"))
+    try:
+        engine.wait_event("registered", dom.UUIDString(), timeout=BOOT_TIMEOUT)
+        yield dom, engine
+    finally:
+        engine.stop()
+
+
+def console(e2e_dir: str) -> str:
+    with open(os.path.join(e2e_dir, "vm.console.log"), errors="replace") as fh:
+        return fh.read()[-3000:]
+
+
+def responses(engine: EngineProcess, uuid: str) -> int:
+    return next(v for v in engine.status()["vms"] if v["instance_uuid"] == uuid)["responses_ok"]
+
+
+def test_hot_attached_channel_carries_heartbeats(guest) -> None:
+    dom, engine = guest
+    channel = find_channel(dom.XMLDesc(0))
+    assert channel is not None and channel.connected  # the guest daemon has the port open
+    registered = engine.events()[0]
+    assert registered["detail"]["name"] == "guest-ha-test"
+    assert registered["detail"]["interval_ms"] == INTERVAL_MS
+    before = responses(engine, dom.UUIDString())
+    time.sleep(5 * INTERVAL_S)
+    assert responses(engine, dom.UUIDString()) >= before + 3
+    assert engine.faults() == []
+
+
+def test_sigstop_of_qemu_is_lost_within_two_intervals(guest) -> None:
+    dom, engine = guest
+    uuid = dom.UUIDString()
+    time.sleep(4 * INTERVAL_S)
+    pid = qemu_pid(dom.name())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        lost = engine.wait_event("heartbeat_lost", uuid, timeout=10)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert lost["detail"]["last_response_age_s"] <= 2 * INTERVAL_S + 0.1
+    recovered = engine.wait_event("recovered", uuid, timeout=30)
+    assert recovered["detail"]["previous_fault"] == "heartbeat_lost"
+
+
+def test_failing_health_check_in_guest_is_unhealthy(guest, e2e_dir) -> None:
+    dom, engine = guest
+    uuid = dom.UUIDString()
+    set_control(os.path.join(e2e_dir, "vm.ctl"), unhealthy=True)
+    fault = engine.wait_event("unhealthy", uuid, timeout=30)
+    assert "50-test-control" in fault["detail"]["reason"]
+    set_control(os.path.join(e2e_dir, "vm.ctl"), unhealthy=False)
+    engine.wait_event("recovered", uuid, timeout=30)
+
+
+def test_reboot_is_not_a_fault(guest, e2e_dir) -> None:
+    dom, engine = guest
+    uuid = dom.UUIDString()
+    mark = len(engine.events())
+    first = engine.events()[0]["detail"]["invocation_id"]
+    virsh("reboot", dom.name())
+    again = engine.wait_event("registered", uuid, timeout=BOOT_TIMEOUT, after=mark)
+    assert again["detail"]["invocation_id"] != first, console(e2e_dir)
+    time.sleep(4 * INTERVAL_S)
+    assert engine.faults() == [], console(e2e_dir)
+
+
+def test_shutdown_then_start_is_not_a_fault(guest, e2e_dir) -> None:
+    dom, engine = guest
+    uuid = dom.UUIDString()
+    virsh("shutdown", dom.name())
+    wait_until(lambda: not dom.isActive(), BOOT_TIMEOUT)
+    exited = [e for e in engine.events() if e["kind"] == "exit"]
+    assert exited, "the guest daemon should deregister on the way down: " + console(e2e_dir)
+    mark = len(engine.events())
+    dom.create()
+    engine.wait_event("registered", uuid, timeout=BOOT_TIMEOUT, after=mark)
+    time.sleep(4 * INTERVAL_S)
+    assert engine.faults() == [], console(e2e_dir)
+    # Nova-style XML rewrites aside, the channel is in the persistent definition now.
+    assert find_channel(dom.XMLDesc(2)) is not None
+
+
+def test_suspend_then_resume_is_not_a_fault(guest) -> None:
+    dom, engine = guest
+    uuid = dom.UUIDString()
+    dom.suspend()
+    time.sleep(6 * INTERVAL_S)
+    dom.resume()
+    before = responses(engine, uuid)
+    wait_until(lambda: responses(engine, uuid) >= before + 3, 20)
+    assert engine.faults() == []
+
+
+def test_destroy_is_reported_as_a_crash(guest) -> None:
+    dom, engine = guest
+    dom.destroy()
+    crash = engine.wait_event("vm_crashed", dom.UUIDString(), timeout=15)
+    assert crash["fault"] is True and crash["detail"]["cause"] == "destroyed"
+    assert [f["kind"] for f in engine.faults()] == ["vm_crashed"]
+
+
+def test_agent_restart_gives_no_false_fault(guest, e2e_dir) -> None:
+    dom, engine = guest
+    uuid = dom.UUIDString()
+    engine.stop()
+    time.sleep(1.0)
+    second = start_agent(os.path.join(e2e_dir, "agent2"))
+    try:
+        second.wait_event("registered", uuid, timeout=30)
+        before = responses(second, uuid)
+        time.sleep(6 * INTERVAL_S)
+        assert responses(second, uuid) >= before + 3
+        assert second.faults() == []
+    finally:
+        second.stop()
