@@ -8,13 +8,58 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 import uuid as uuidlib
 from typing import Any, Dict, List, Optional, Sequence
 
 GUEST_HA_NS = "https://opendev.org/guest-ha/metadata/1"
 URI = "qemu:///system"
+QEMU_CONF = "/etc/libvirt/qemu.conf"
+
+
+def _running(name: str) -> bool:
+    return subprocess.run(["pgrep", "-x", name], capture_output=True).returncode == 0
+
+
+def _configure_qemu_user() -> None:
+    try:
+        with open(QEMU_CONF, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError:
+        return
+    if re.search(r'^\s*user\s*=\s*"root"', text, re.M):
+        return
+    with open(QEMU_CONF, "a", encoding="utf-8") as fh:
+        fh.write('\n# added by guest-ha tests\nuser = "root"\ngroup = "root"\n')
+
+
+def ensure_libvirtd(timeout: float = 60.0) -> str:
+    """Make sure libvirtd answers on qemu:///system (test machines only).
+
+    Raises :class:`RuntimeError` when it is not installed, not root, or does
+    not answer in time.
+    """
+    if not shutil.which("libvirtd") or not shutil.which("virsh"):
+        raise RuntimeError("libvirtd is not installed (scripts/bootstrap.sh installs it)")
+    if os.geteuid() != 0:
+        raise RuntimeError("starting the system libvirtd needs root")
+    _configure_qemu_user()
+    if not _running("virtlogd"):
+        subprocess.run(["virtlogd", "-d"], check=True)
+    if not _running("libvirtd"):
+        subprocess.run(["libvirtd", "-d"], check=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = subprocess.run(["virsh", "-c", URI, "version"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return URI
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"libvirtd did not answer within {timeout} s: {probe.stderr}")
+        time.sleep(0.2)
 
 
 def domain_xml(
