@@ -36,8 +36,16 @@ def main() -> None:
             with EngineProcess(os.path.join(workdir, "engine"), vms) as engine:
                 _bench.progress(f"waiting for {args.vms} VMs to register")
                 wait_until(
-                    lambda: len({e["instance_uuid"] for e in engine.events()
-                                 if e["kind"] == "registered"}) == args.vms,
+                    lambda: (
+                        len(
+                            {
+                                e["instance_uuid"]
+                                for e in engine.events()
+                                if e["kind"] == "registered"
+                            }
+                        )
+                        == args.vms
+                    ),
                     timeout=60 + args.vms * 0.05,
                     interval=0.2,
                 )
@@ -55,8 +63,10 @@ def main() -> None:
                         _bench.progress(f"{trial + 1}/{args.trials} trials")
                 # Each trial causes exactly one heartbeat_lost; anything more is false.
                 faults = engine.faults()
-                false_faults = len(faults) - args.trials + sum(
-                    1 for e in faults if e["kind"] != "heartbeat_lost"
+                false_faults = (
+                    len(faults)
+                    - args.trials
+                    + sum(1 for e in faults if e["kind"] != "heartbeat_lost")
                 )
         _bench.emit(
             {

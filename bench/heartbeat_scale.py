@@ -34,8 +34,16 @@ def main() -> None:
             with EngineProcess(os.path.join(workdir, "engine"), vms) as engine:
                 _bench.progress("waiting for every VM to register")
                 wait_until(
-                    lambda: len({e["instance_uuid"] for e in engine.events()
-                                 if e["kind"] == "registered"}) == args.vms,
+                    lambda: (
+                        len(
+                            {
+                                e["instance_uuid"]
+                                for e in engine.events()
+                                if e["kind"] == "registered"
+                            }
+                        )
+                        == args.vms
+                    ),
                     timeout=60 + args.vms * 0.05,
                     interval=0.2,
                 )
@@ -49,8 +57,10 @@ def main() -> None:
                     time.sleep(min(5.0, max(0.0, end - time.monotonic())))
                     left = end - time.monotonic()
                     if left > 1:
-                        _bench.progress(f"{left:.0f} s left, faults so far: "
-                                        f"{len(engine.faults()) - faults_before}")
+                        _bench.progress(
+                            f"{left:.0f} s left, faults so far: "
+                            f"{len(engine.faults()) - faults_before}"
+                        )
                 cpu_after, wall_after = engine.cpu_seconds(), time.monotonic()
                 answered = sum(s["challenges_answered"] for s in sim.stats().values())
                 false_faults = engine.faults()[faults_before:]

@@ -26,6 +26,11 @@ READ_CHUNK = 65536
 OPEN_RETRY_S = 0.5
 HANGUP_RECHECK_S = 0.1
 
+# Where virtio-serial ports are listed (each vportNpM/name holds the port's name) and
+# where their device nodes live; module-level so tests can point them elsewhere.
+SYSFS_VIRTIO_PORTS = "/sys/class/virtio-ports"
+DEV_DIR = "/dev"
+
 # errno values that mean the device itself went away (hot-unplug, pty master closed).
 GONE_ERRNOS = frozenset({errno.EIO, errno.ENXIO, errno.ENODEV, errno.EBADF})
 
@@ -167,12 +172,40 @@ def import_pyserial():  # type: ignore[no-untyped-def]
     return serial
 
 
+def resolve_virtio_port(
+    path: str, sysfs_dir: Optional[str] = None, dev_dir: Optional[str] = None
+) -> str:
+    """``path``, or the ``/dev/vportNpM`` node of the port named like its basename.
+
+    Guests without udev have no ``/dev/virtio-ports/<name>`` links; the port is
+    then found by its name in ``/sys/class/virtio-ports/*/name``. Returns
+    ``path`` unchanged when it exists or no port has that name.
+    """
+    if os.path.exists(path):
+        return path
+    name = os.path.basename(path)
+    sysfs_dir = SYSFS_VIRTIO_PORTS if sysfs_dir is None else sysfs_dir
+    try:
+        ports = sorted(os.listdir(sysfs_dir))
+    except OSError:
+        return path
+    for port in ports:
+        try:
+            with open(os.path.join(sysfs_dir, port, "name"), encoding="utf-8") as fh:
+                found = fh.read().strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if name and found == name:
+            return os.path.join(DEV_DIR if dev_dir is None else dev_dir, port)
+    return path
+
+
 def port_opener(transport: str, path: str, baudrate: int) -> Callable[[], RawPort]:
     """A function that opens the configured port (raises OSError while it cannot)."""
     if transport == "serial":
         import_pyserial()  # fail at start-up, not on the first retry
         return lambda: SerialPort(path, baudrate)
-    return lambda: ChardevPort(path)
+    return lambda: ChardevPort(resolve_virtio_port(path))
 
 
 class PortLink:
