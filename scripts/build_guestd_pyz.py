@@ -37,6 +37,9 @@ sys.exit(main())
 '''
 
 
+REPRODUCIBLE_MTIME = 315532800  # 1980-01-01, the earliest time a zip file can hold
+
+
 def _copy_sources(src: str, dst: str) -> None:
     os.makedirs(dst, exist_ok=True)
     for name in sorted(os.listdir(src)):
@@ -54,6 +57,11 @@ def build(out: str, interpreter: str = "/usr/bin/env python3") -> str:
             _copy_sources(os.path.join(PACKAGE, sub), os.path.join(pkg, sub))
         with open(os.path.join(stage, "__main__.py"), "w", encoding="utf-8") as f:
             f.write(MAIN)
+        # Fixed timestamps: the same sources always give the same bytes, so
+        # deployments stay idempotent and images reproducible.
+        for root, _dirs, files in os.walk(stage):
+            for name in files:
+                os.utime(os.path.join(root, name), (REPRODUCIBLE_MTIME, REPRODUCIBLE_MTIME))
         out_dir = os.path.dirname(os.path.abspath(out))
         os.makedirs(out_dir, exist_ok=True)
         tmp_out = out + ".tmp"
