@@ -59,8 +59,8 @@ def build(out: str, interpreter: str = "/usr/bin/env python3") -> str:
             f.write(MAIN)
         # Fixed timestamps: the same sources always give the same bytes, so
         # deployments stay idempotent and images reproducible.
-        for root, _dirs, files in os.walk(stage):
-            for name in files:
+        for root, dirs, files in os.walk(stage, topdown=False):
+            for name in files + dirs:
                 os.utime(os.path.join(root, name), (REPRODUCIBLE_MTIME, REPRODUCIBLE_MTIME))
         out_dir = os.path.dirname(os.path.abspath(out))
         os.makedirs(out_dir, exist_ok=True)
