@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import tempfile
 import time
 
@@ -30,6 +31,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     import libvirt
+
+    # Clean up the domains on SIGTERM too (finally blocks run on SystemExit).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     rng = random.Random(args.seed)
     interval = args.interval_ms / 1000.0
@@ -75,6 +79,10 @@ def main() -> None:
                 os.kill(pid, signal.SIGSTOP)
                 try:
                     lost = engine.wait_event("heartbeat_lost", uuid, timeout=30, after=mark)
+                except TimeoutError:
+                    state = [v for v in engine.status()["vms"] if v["instance_uuid"] == uuid]
+                    _bench.progress(f"no fault for frozen {dom.name()} (pid {pid}): {state}")
+                    raise
                 finally:
                     os.kill(pid, signal.SIGCONT)
                 detect_ms.append((lost["monotonic"] - stopped_at) * 1000)

@@ -297,11 +297,9 @@ class HostHeartbeat:
         self._nonce = self._nonce_source()
         self._answered = False
         self._challenge_sent_at = now
-        interval_s = self.interval_ms / 1000.0
-        # "is None", not "or": a schedule point of 0.0 is a valid clock value
-        base = now if self._next_challenge is None else self._next_challenge
-        nxt = base + interval_s
-        self._next_challenge = nxt if nxt > now else now + interval_s
+        # Fixed delay from the actual send: if the host itself ran late, the guest
+        # still gets one full interval to answer (no false fault from our own stall).
+        self._next_challenge = now + self.interval_ms / 1000.0
         self.challenges_sent += 1
         self.outbox.append(Message(HEARTBEAT, "challenge", {"seq": self.seq, "nonce": self._nonce}))
 
