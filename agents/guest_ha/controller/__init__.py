@@ -1,0 +1,1 @@
+"""Controller server: receives events from compute agents and reports faults on."""
