@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Dict, List
+
+import pytest
+
+from guest_ha.compute.forwarder import ForwardingSink
+from guest_ha.compute.sinks import VmEvent
+from guest_ha.compute.spool import Spool
+
+pytestmark = pytest.mark.unit
+
+
+def vm_event(kind: str, uuid: str = "u1") -> VmEvent:
+    return VmEvent(kind, uuid, "dom", 1.0, time.time(), kind != "recovered", {})
+
+
+class Controller:
+    """Acknowledges like the controller does, and can be made unreachable."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.received: List[Dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def send(self, event: Dict[str, Any]) -> Dict[str, Any]:
+        with self.lock:
+            if not self.up:
+                raise ConnectionError("broker down")
+            self.received.append(event)
+            return {"accepted": True, "key": event["idempotency_key"]}
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_events_wait_in_the_spool_until_acknowledged(tmp_path) -> None:
+    controller = Controller()
+    spool = Spool(str(tmp_path))
+    sink = ForwardingSink(
+        spool, controller.send, "compute-1", backoff_initial_s=0.01, backoff_max_s=0.05
+    )
+    try:
+        for kind in ("heartbeat_lost", "recovered", "unhealthy"):
+            sink.emit(vm_event(kind))
+        time.sleep(0.2)
+        assert spool.depth == 3 and controller.received == []
+        controller.up = True
+        wait_for(lambda: spool.depth == 0)
+    finally:
+        sink.close()
+    assert [e["kind"] for e in controller.received] == ["heartbeat_lost", "recovered", "unhealthy"]
+    assert all(e["compute_host"] == "compute-1" for e in controller.received)
+    assert len({e["idempotency_key"] for e in controller.received}) == 3
+
+
+def test_spool_is_replayed_after_an_agent_restart(tmp_path) -> None:
+    down = Controller()
+    first = ForwardingSink(Spool(str(tmp_path)), down.send, "c1", backoff_initial_s=0.01)
+    first.emit(vm_event("heartbeat_lost"))
+    first.close()  # the agent stops before any acknowledgement
+    controller = Controller()
+    controller.up = True
+    second = ForwardingSink(Spool(str(tmp_path)), controller.send, "c1")
+    try:
+        wait_for(lambda: len(controller.received) == 1)
+    finally:
+        second.close()
+    assert controller.received[0]["kind"] == "heartbeat_lost"
+
+
+def test_wrong_acknowledgement_is_not_trusted(tmp_path) -> None:
+    spool = Spool(str(tmp_path))
+    calls = []
+
+    def bad_send(event: Dict[str, Any]) -> Dict[str, Any]:
+        calls.append(event)
+        return {"accepted": True, "key": "someone-else"}
+
+    sink = ForwardingSink(spool, bad_send, "c1", backoff_initial_s=0.01, backoff_max_s=0.02)
+    try:
+        sink.emit(vm_event("heartbeat_lost"))
+        wait_for(lambda: len(calls) >= 3)
+        assert spool.depth == 1
+    finally:
+        sink.close()
