@@ -1,0 +1,77 @@
+"""oslo.config options of the controller server (exported for oslo-config-generator)."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from oslo_config import cfg
+
+REPORTERS = ("log", "notification", "nova", "masakari", "vitrage")
+
+controller_opts = [
+    cfg.ListOpt(
+        "reporters",
+        default=["log"],
+        item_type=cfg.types.String(choices=REPORTERS),
+        help="Fault reporters to run, several at once. Every event is delivered to each "
+        "of them exactly as it was received, retried with backoff on failure.",
+    ),
+    cfg.StrOpt(
+        "database",
+        default="/var/lib/guest-ha/controller.sqlite",
+        help="SQLite event store (de-duplication and delivery state). Controllers that "
+        "run active-active must share it.",
+    ),
+    cfg.IntOpt("dispatch_workers", default=4, min=1, help="Reporter delivery threads."),
+    cfg.FloatOpt(
+        "lease_s",
+        default=60.0,
+        min=1.0,
+        help="How long a controller owns a delivery it is working on; if it dies, another "
+        "controller takes the delivery over after this.",
+    ),
+    cfg.FloatOpt("retry_initial_s", default=0.5, min=0.01, help="First reporter retry delay."),
+    cfg.FloatOpt("retry_max_s", default=30.0, min=0.1, help="Longest reporter retry delay."),
+    cfg.StrOpt(
+        "status_listen",
+        default="127.0.0.1:9797",
+        help="host:port of the HTTP endpoint serving /status (JSON) and /metrics "
+        "(Prometheus); empty disables it.",
+    ),
+    cfg.ListOpt(
+        "notification_topics",
+        default=["notifications"],
+        help="Topics of the notification reporter.",
+    ),
+]
+
+nova_reporter_opts = [
+    cfg.StrOpt(
+        "clouds_yaml",
+        default="/etc/guest-ha/clouds.yaml",
+        help="clouds.yaml with the credentials used to call Nova.",
+    ),
+    cfg.StrOpt("cloud", default="guest-ha", help="Entry of clouds_yaml to use."),
+    cfg.StrOpt("region", help="Region of the compute endpoint."),
+    cfg.StrOpt(
+        "interface",
+        default="public",
+        choices=["public", "internal", "admin"],
+        help="Endpoint interface.",
+    ),
+    cfg.BoolOpt(
+        "reset_on_recovery",
+        default=False,
+        help="Reset the server back to active when heartbeats recover.",
+    ),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> cfg.ConfigOpts:
+    conf.register_opts(controller_opts, group="controller")
+    conf.register_opts(nova_reporter_opts, group="reporter_nova")
+    return conf
+
+
+def list_opts() -> List[Tuple[Optional[str], list]]:
+    return [("controller", controller_opts), ("reporter_nova", nova_reporter_opts)]

@@ -1,0 +1,1025 @@
+"""Real OpenStack services on loopback, started by the test suite itself.
+
+``OpenStackCloud`` installs (once, cached), configures and runs real OpenStack
+services on 127.0.0.1 for the integration tier:
+
+- **Keystone 30** under gunicorn: fernet tokens, SQLite, bootstrapped with an
+  ``admin`` user and project in domain ``Default``, region ``RegionOne``, the
+  identity endpoint, a ``nova`` service user and the ``compute`` service and
+  endpoints in the catalog.
+- **Nova 34 nova-api** (``nova.wsgi.osapi_compute``) under gunicorn: SQLite API
+  DB + cell0 + cell1, real Keystone auth through keystonemiddleware
+  ``authtoken`` with the ``nova`` service user (``nova_auth="keystone"``, the
+  default).  ``nova_auth="headers"`` drops ``authtoken`` from the paste
+  pipeline instead, so nova-api trusts ``X-User-Id``/``X-Project-Id``/
+  ``X-Roles`` headers; use it only where Keystone is not wanted.
+
+What is *not* real, and why:
+
+- **Neutron** is a stand-in (``NeutronStandIn``): a thread in the test process
+  that answers ``GET /v2.0/ports`` and ``GET /v2.0/security-groups`` with empty
+  lists, because ``GET /servers/{id}`` always asks Neutron for them.  Nova is
+  pointed at it with ``[neutron] auth_type = none`` and ``endpoint_override``.
+- **Servers are seeded, not booted.** Booting needs placement, conductor,
+  scheduler, glance, neutron and a compute service.  ``create_flavor``,
+  ``create_server`` and ``create_server_group`` write Nova's own objects
+  (``nova.objects``) through ``openstack_assets/nova_seed.py`` running in the
+  nova venv, exactly what nova-compute/conductor would have written.
+- There is no message bus: ``transport_url = fake:/`` unless the caller
+  passes ``nova_conf`` overrides (e.g. a RabbitMQ URL for notifications).
+
+Each service lives in its own virtualenv under ``<repo>/.cache/openstack/``
+(``<service>-venv``), built on first use with ``pip install --cache-dir
+<repo>/.cache/pip`` under a file lock, and reused while its marker file
+matches the pinned requirements.  Set ``GUEST_HA_CACHE_DIR`` to move the
+cache.  Progress goes to stderr.
+
+Adding a service (Vitrage, Masakari): add a ``ServiceSpec`` to ``SERVICES``
+(requirements, plus a ``post_install`` hook for files the wheel lacks, e.g.
+``api-paste.ini`` from the sdist), a ``_setup_<name>`` step that writes its
+config and syncs its DB, a ``GunicornService`` for its API (same
+``gha_wsgi_shim``), and register its catalog entry in ``_register_catalog``.
+
+Example::
+
+    from guest_ha.testing.openstack import OpenStackCloud
+
+    with OpenStackCloud() as cloud:
+        cloud.create_flavor("ha", {"guest_ha:heartbeat": "true"})
+        cloud.create_server(uuid, "vm1", "ha", "compute-1")
+        sess = cloud.session()
+        sess.get(cloud.nova_url + "/servers/" + uuid)
+
+Nothing here imports OpenStack libraries at module import time;
+``session()`` needs ``keystoneauth1`` in the calling environment.
+"""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from guest_ha.testing.openstack_assets import ASSETS_DIR
+
+__all__ = [
+    "SERVICES",
+    "CloudStartError",
+    "GunicornService",
+    "NeutronStandIn",
+    "OpenStackCloud",
+    "ServiceSpec",
+    "cache_dir",
+    "ensure_venv",
+    "ensure_venvs",
+    "openstack_cloud",
+    "openstack_fixture",
+]
+
+# --------------------------------------------------------------------------- install
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to install (and prepare) one OpenStack service in its own venv.
+
+    ``post_install(venv_dir, cache_dir, log)`` runs once after pip, for files the
+    wheel does not ship (Vitrage and Masakari need ``api-paste.ini`` from their
+    sdists: ``pip download --no-binary :all: --no-deps NAME==VERSION``).
+    Bump ``revision`` when the post-install steps change, so cached venvs are
+    rebuilt.
+    """
+
+    name: str
+    requirements: Tuple[str, ...]
+    post_install: Optional[Callable[[Path, Path, Callable[[str], None]], None]] = None
+    #: ``db_template(venv_dir, template_dir, log)`` builds schema-synced, empty
+    #: SQLite DBs once per venv (the service's own ``*-manage db sync``), so
+    #: each start copies files instead of re-running every migration.
+    db_template: Optional[Callable[[Path, Path, Any], None]] = None
+    revision: int = 1
+
+    def fingerprint(self) -> str:
+        text = json.dumps(
+            {
+                "requirements": list(self.requirements),
+                "revision": self.revision,
+                "python": list(sys.version_info[:2]),
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_MARKER = ".guest-ha-installed"
+_TEMPLATES = ".gha-db-templates"
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(f"[openstack-fixture] {msg}\n")
+    sys.stderr.flush()
+
+
+def _repo_root() -> Optional[Path]:
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        pyproject = parent / "pyproject.toml"
+        if pyproject.is_file() and 'name = "guest-ha"' in pyproject.read_text(errors="replace"):
+            return parent
+    return None
+
+
+def cache_dir() -> Path:
+    """``$GUEST_HA_CACHE_DIR``, else ``<repo>/.cache``, else ``~/.cache/guest-ha``."""
+    env = os.environ.get("GUEST_HA_CACHE_DIR")
+    if env:
+        return Path(env)
+    root = _repo_root()
+    if root is not None:
+        return root / ".cache"
+    return Path.home() / ".cache" / "guest-ha"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, what: str) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            _log(f"waiting for another run that holds the lock on {what}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _venv_dir(name: str, cache: Optional[Path] = None) -> Path:
+    return (cache or cache_dir()) / "openstack" / f"{name}-venv"
+
+
+def ensure_venv(name: str, *, cache: Optional[Path] = None) -> Path:
+    """Return the venv of service ``name``, building it first if needed.
+
+    Safe to call from concurrent processes: a lock file serialises builders, and
+    a marker file (requirements fingerprint) written last says the venv is whole.
+    A venv whose marker is missing or stale is removed and rebuilt.
+    """
+    spec = SERVICES[name]
+    cache = cache or cache_dir()
+    venv = _venv_dir(name, cache)
+    marker = venv / _MARKER
+    wanted = spec.fingerprint()
+    if marker.is_file() and marker.read_text().strip() == wanted:
+        return venv
+    with _file_lock(venv.with_name(venv.name + ".lock"), f"{name} venv"):
+        if marker.is_file() and marker.read_text().strip() == wanted:
+            return venv
+        started = time.monotonic()
+        _log(f"installing {name} into {venv} ({' '.join(spec.requirements)}); "
+             "this takes 10-60 s on a first run")
+        if venv.exists():
+            shutil.rmtree(venv)
+        log_path = venv.with_name(venv.name + ".install.log")
+        with open(log_path, "w") as log:
+            _run_logged([sys.executable, "-m", "venv", str(venv)], log, f"venv for {name}")
+            _run_logged(
+                [str(venv / "bin" / "python"), "-m", "pip", "install",
+                 "--disable-pip-version-check", "--cache-dir", str(cache / "pip"),
+                 *spec.requirements],
+                log, f"pip install for {name}", timeout=1800,
+            )
+            if spec.post_install is not None:
+                spec.post_install(venv, cache, _log)
+        marker.write_text(wanted + "\n")
+        _log(f"installed {name} in {time.monotonic() - started:.1f} s")
+    return venv
+
+
+def ensure_venvs(names: Sequence[str], *, cache: Optional[Path] = None) -> Dict[str, Path]:
+    """``ensure_venv`` + ``db_template_dir`` for several services, in parallel."""
+    results: Dict[str, Path] = {}
+    errors: List[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            results[name] = ensure_venv(name, cache=cache)
+            db_template_dir(name, cache=cache)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _run_logged(argv: Sequence[str], log: Any, what: str, *, env: Optional[Mapping[str, str]]
+                = None, timeout: float = 600, input_text: Optional[str] = None) -> str:
+    """Run ``argv``; its output is appended to ``log`` and returned.  Raise with
+    the output's tail when it fails."""
+    log.write(f"$ {' '.join(argv)}\n")
+    log.flush()
+    started = time.monotonic()
+    proc = subprocess.run(
+        list(argv), env=dict(env) if env is not None else None, input=input_text,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+    )
+    log.write(proc.stdout)
+    log.write(f"# exit {proc.returncode} after {time.monotonic() - started:.2f} s\n")
+    log.flush()
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-40:])
+        raise CloudStartError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+    return proc.stdout
+
+
+# --------------------------------------------------------------------------- DB templates
+
+
+def _clean_env() -> Dict[str, str]:
+    """The caller's environment minus anything that points into its own venv."""
+    env = dict(os.environ)
+    for key in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"):
+        env.pop(key, None)
+    return env
+
+
+def _keystone_template(venv: Path, tpl: Path, log: Any) -> None:
+    conf = tpl / "keystone.conf"
+    _write_ini(conf, {"database": {"connection": f"sqlite:///{tpl / 'keystone.db'}"}})
+    _run_logged([str(venv / "bin" / "keystone-manage"), "--config-file", str(conf), "db_sync"],
+                log, "keystone-manage db_sync (template)", env=_clean_env())
+    conf.unlink()
+
+
+def _nova_template(venv: Path, tpl: Path, log: Any) -> None:
+    conf = tpl / "nova.conf"
+    (tpl / "locks").mkdir(exist_ok=True)
+    _write_ini(conf, {
+        "DEFAULT": {"transport_url": "fake:/", "state_path": tpl},
+        "api_database": {"connection": f"sqlite:///{tpl / 'nova_api.db'}"},
+        "database": {"connection": f"sqlite:///{tpl / 'cell.db'}"},
+        "oslo_concurrency": {"lock_path": tpl / "locks"},
+    })
+    manage = [str(venv / "bin" / "nova-manage"), "--config-file", str(conf)]
+    _run_logged([*manage, "api_db", "sync"], log, "nova-manage api_db sync (template)",
+                env=_clean_env())
+    # cell0 and cell1 share one schema: sync it once, copy it twice at start.
+    _run_logged([*manage, "db", "sync"], log, "nova-manage db sync (template)",
+                env=_clean_env())
+    conf.unlink()
+    shutil.rmtree(tpl / "locks", ignore_errors=True)
+
+
+#: Pinned per ENVIRONMENT.md: Keystone 30 and Nova 34 are what pip resolves on
+#: Debian 12's Python 3.11 and what was tried on this machine.
+SERVICES: Dict[str, ServiceSpec] = {
+    "keystone": ServiceSpec("keystone", ("keystone>=30,<31", "gunicorn>=22"),
+                            db_template=_keystone_template),
+    "nova": ServiceSpec("nova", ("nova>=34,<35", "gunicorn>=22"),
+                        db_template=_nova_template),
+}
+
+
+def db_template_dir(name: str, *, cache: Optional[Path] = None) -> Path:
+    """Schema-synced empty DBs of service ``name``, built on first use.
+
+    They live inside the service venv, so rebuilding the venv drops them.
+    """
+    spec = SERVICES[name]
+    venv = ensure_venv(name, cache=cache)
+    tpl = venv / _TEMPLATES
+    done = tpl / ".complete"
+    if spec.db_template is None or done.is_file():
+        return tpl
+    with _file_lock(venv.with_name(venv.name + ".lock"), f"{name} DB template"):
+        if done.is_file():
+            return tpl
+        started = time.monotonic()
+        shutil.rmtree(tpl, ignore_errors=True)
+        tpl.mkdir(parents=True)
+        with open(venv.with_name(venv.name + ".template.log"), "w") as log:
+            spec.db_template(venv, tpl, log)
+        done.write_text("ok\n")
+        _log(f"built {name} DB template in {time.monotonic() - started:.1f} s")
+    return tpl
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class CloudStartError(RuntimeError):
+    """A service could not be installed, set up or started."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _http(method: str, url: str, body: Any = None, headers: Optional[Mapping[str, str]] = None,
+          timeout: float = 30) -> Tuple[int, Mapping[str, str], Any]:
+    """Tiny JSON HTTP client (stdlib), for set-up and readiness checks."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Accept", "application/json")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    for key, value in (headers or {}).items():
+        req.add_header(key, value)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            status, hdrs = resp.status, dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        status, hdrs = exc.code, dict(exc.headers)
+    try:
+        payload = json.loads(raw) if raw else None
+    except ValueError:
+        payload = raw.decode(errors="replace")
+    return status, hdrs, payload
+
+
+class GunicornService:
+    """One WSGI service under gunicorn in its venv, in its own process group.
+
+    gunicorn runs with ``--no-control-socket`` and loads ``gha_wsgi_shim``
+    (from ``openstack_assets``), which trims ``sys.argv`` and then imports
+    ``wsgi_target`` (``module:attribute``).  ``stop()`` signals the process
+    group whose leader is the PID we started (SIGINT, then SIGKILL), so
+    gunicorn's workers go too.
+    """
+
+    def __init__(self, name: str, venv: Path, wsgi_target: str, port: int, log_path: Path,
+                 env: Optional[Mapping[str, str]] = None, threads: int = 4):
+        self.name = name
+        self.venv = venv
+        self.wsgi_target = wsgi_target
+        self.port = port
+        self.log_path = log_path
+        self.env = dict(env or {})
+        self.threads = threads
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        argv = [
+            str(self.venv / "bin" / "gunicorn"),
+            "--no-control-socket",
+            "--bind", f"127.0.0.1:{self.port}",
+            "--workers", "1",
+            "--threads", str(self.threads),
+            "--timeout", "300",
+            "--graceful-timeout", "3",
+            "--pythonpath", ASSETS_DIR,
+            "--name", f"gha-{self.name}",
+            "gha_wsgi_shim:application",
+        ]
+        env = _clean_env()  # the service venv must not see the caller's venv
+        env.update(self.env)
+        env["GHA_WSGI_TARGET"] = self.wsgi_target
+        env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True,
+            )
+
+    def wait_ready(self, path: str, deadline: float, ok: Callable[[int], bool]) -> float:
+        """Poll ``GET path`` until ``ok(status)``; return seconds waited."""
+        started = time.monotonic()
+        last = "no answer"
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise CloudStartError(
+                    f"{self.name} exited with {self.proc.returncode} while starting; "
+                    f"log {self.log_path}:\n{_tail(self.log_path)}")
+            try:
+                status, _, _ = _http("GET", self.url + path, timeout=5)
+                if ok(status):
+                    return time.monotonic() - started
+                last = f"HTTP {status}"
+            except (OSError, urllib.error.URLError) as exc:
+                last = str(exc)
+            if time.monotonic() > deadline:
+                raise CloudStartError(
+                    f"{self.name} not ready at {self.url}{path} ({last}); "
+                    f"log {self.log_path}:\n{_tail(self.log_path)}")
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 10) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        # SIGINT is gunicorn's quick shutdown (SIGTERM waits for requests).
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Workers that outlived their master (they share its process group).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+class NeutronStandIn:
+    """STAND-IN for Neutron, not the real service.
+
+    A thread in the test process serving the two calls nova-api makes when it
+    shows a server: ``GET /v2.0/ports`` and ``GET /v2.0/security-groups``,
+    both answered with empty lists, plus version discovery at ``/``.  Real
+    Neutron would need ML2, an agent and a message bus and adds nothing the
+    project tests.  Every request is recorded in ``requests`` as
+    ``(method, path)``; anything else gets 404.
+    """
+
+    def __init__(self) -> None:
+        self.requests: List[Tuple[str, str]] = []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, status: int, body: Any) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self) -> None:
+                path = urllib.parse.urlsplit(self.path).path.rstrip("/")
+                if path.endswith(".json"):
+                    path = path[: -len(".json")]
+                stand_in.requests.append(("GET", self.path))
+                base = f"http://127.0.0.1:{stand_in.port}"
+                if path in ("", "/v2.0"):
+                    self._send(200, {"versions": [{
+                        "id": "v2.0", "status": "CURRENT",
+                        "links": [{"rel": "self", "href": base + "/v2.0/"}]}]})
+                elif path == "/v2.0/ports":
+                    self._send(200, {"ports": []})
+                elif path == "/v2.0/security-groups":
+                    self._send(200, {"security_groups": []})
+                elif path == "/v2.0/networks":
+                    self._send(200, {"networks": []})
+                elif path == "/v2.0/floatingips":
+                    self._send(200, {"floatingips": []})
+                else:
+                    self._send(404, {"NeutronError": {
+                        "type": "HTTPNotFound",
+                        "message": f"guest-ha Neutron stand-in does not serve {path}"}})
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name="neutron-stand-in", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "NeutronStandIn":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+# --------------------------------------------------------------------------- the cloud
+
+
+def _write_ini(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> None:
+    parser = configparser.RawConfigParser()
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    for section, values in sections.items():
+        if section != "DEFAULT":
+            parser.add_section(section)
+        for key, value in values.items():
+            parser.set(section, key, str(value))
+    with open(path, "w") as handle:
+        parser.write(handle)
+
+
+def _merge(base: Dict[str, Dict[str, Any]], extra: Optional[Mapping[str, Mapping[str, Any]]]
+           ) -> Dict[str, Dict[str, Any]]:
+    for section, values in (extra or {}).items():
+        base.setdefault(section, {}).update(values)
+    return base
+
+
+@dataclass
+class _Timings:
+    values: Dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def measure(self, key: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.values[key] = round(time.monotonic() - started, 2)
+
+
+class OpenStackCloud:
+    """Keystone + nova-api (real) and a Neutron stand-in, private to one test run.
+
+    Use as a context manager, or call ``start()``/``stop()``.  Everything lives
+    under a private temporary ``state_dir`` (SQLite DBs, keys, configs, logs),
+    removed by ``stop()`` unless ``keep_state`` (or ``GUEST_HA_OPENSTACK_KEEP=1``).
+    Ports are picked free at start.
+
+    Parameters:
+        nova_auth: ``"keystone"`` (keystonemiddleware authtoken against our
+            Keystone, the default) or ``"headers"`` (authtoken dropped from the
+            paste pipeline: nova-api trusts ``X-User-Id``, ``X-Project-Id`` and
+            ``X-Roles`` as given; no Keystone token is checked).
+        nova_conf: extra ``{section: {key: value}}`` merged into nova.conf
+            (e.g. ``{"DEFAULT": {"transport_url": "rabbit://..."},
+            "notifications": {"notify_on_state_change": "vm_state"}}``).
+        keystone_conf: the same for keystone.conf.
+        startup_timeout: seconds allowed for set-up and start, installs excluded.
+    """
+
+    ADMIN_USER = "admin"
+    ADMIN_PROJECT = "admin"
+    DOMAIN = "Default"
+    REGION = "RegionOne"
+    NOVA_SERVICE_USER = "nova"
+    SERVICE_PROJECT = "service"
+
+    def __init__(self, *, nova_auth: str = "keystone",
+                 nova_conf: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                 keystone_conf: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                 keep_state: Optional[bool] = None, startup_timeout: float = 180,
+                 cache: Optional[Path] = None):
+        if nova_auth not in ("keystone", "headers"):
+            raise ValueError("nova_auth must be 'keystone' or 'headers'")
+        self.nova_auth = nova_auth
+        self._nova_conf_extra = nova_conf
+        self._keystone_conf_extra = keystone_conf
+        self.keep_state = (os.environ.get("GUEST_HA_OPENSTACK_KEEP") == "1"
+                           if keep_state is None else keep_state)
+        self.startup_timeout = startup_timeout
+        self._cache = cache
+        self.admin_password = "gha-admin-" + uuidlib.uuid4().hex[:12]
+        self.nova_service_password = "gha-nova-" + uuidlib.uuid4().hex[:12]
+        self.state_dir: Optional[Path] = None
+        self.venvs: Dict[str, Path] = {}
+        self.keystone: Optional[GunicornService] = None
+        self.nova: Optional[GunicornService] = None
+        self.neutron: Optional[NeutronStandIn] = None
+        self.admin_user_id = ""
+        self.admin_project_id = ""
+        self.timings: Dict[str, float] = {}
+        self._token: Optional[Tuple[str, float]] = None
+        self._started = False
+
+    # ----------------------------------------------------------------- addresses
+    @property
+    def keystone_url(self) -> str:
+        """Keystone root, e.g. ``http://127.0.0.1:PORT``."""
+        assert self.keystone is not None, "cloud not started"
+        return self.keystone.url
+
+    @property
+    def auth_url(self) -> str:
+        """Identity v3 URL for keystoneauth1/openstacksdk (``.../v3``)."""
+        return self.keystone_url + "/v3"
+
+    @property
+    def nova_url(self) -> str:
+        """Compute API v2.1 URL, as in the catalog (``http://127.0.0.1:PORT/v2.1``)."""
+        assert self.nova is not None, "cloud not started"
+        return self.nova.url + "/v2.1"
+
+    @property
+    def neutron_url(self) -> str:
+        assert self.neutron is not None, "cloud not started"
+        return self.neutron.url
+
+    @property
+    def admin_credentials(self) -> Dict[str, str]:
+        """keystoneauth1 ``v3.Password`` keyword arguments for the admin user."""
+        return {
+            "auth_url": self.auth_url,
+            "username": self.ADMIN_USER,
+            "password": self.admin_password,
+            "project_name": self.ADMIN_PROJECT,
+            "user_domain_name": self.DOMAIN,
+            "project_domain_name": self.DOMAIN,
+        }
+
+    # ----------------------------------------------------------------- lifecycle
+    def __enter__(self) -> "OpenStackCloud":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> "OpenStackCloud":
+        if self._started:
+            return self
+        self._started = True
+        t = _Timings(self.timings)
+        try:
+            with t.measure("install"):
+                self.venvs = ensure_venvs(["keystone", "nova"], cache=self._cache)
+            started = time.monotonic()
+            deadline = started + self.startup_timeout
+            self.state_dir = Path(tempfile.mkdtemp(prefix="gha-openstack-"))
+            _log(f"starting Keystone + nova-api in {self.state_dir}")
+            self.neutron = NeutronStandIn().start()
+            self.keystone = GunicornService(
+                "keystone", self.venvs["keystone"], "keystone.wsgi.api:application",
+                free_port(), self.state_dir / "logs" / "keystone.log",
+                env={"OS_KEYSTONE_CONFIG_DIR": str(self.state_dir / "keystone")})
+            self.nova = GunicornService(
+                "nova-api", self.venvs["nova"], "nova.wsgi.osapi_compute:application",
+                free_port(), self.state_dir / "logs" / "nova-api.log",
+                env={"OS_NOVA_CONFIG_DIR": str(self.state_dir / "nova"),
+                     "OS_NOVA_CONFIG_FILES": "api-paste.ini;nova.conf"})
+            # Keystone and nova-api are set up and started side by side; nova-api
+            # needs Keystone only once a request arrives.
+            self._parallel([("keystone", lambda: self._bring_up_keystone(deadline)),
+                            ("nova", lambda: self._bring_up_nova(deadline))], t)
+            with t.measure("catalog"):
+                self._register_catalog()
+            self.timings["start_total"] = round(time.monotonic() - started, 2)
+            _log(f"cloud up in {self.timings['start_total']} s: keystone {self.auth_url}, "
+                 f"nova {self.nova_url}, neutron stand-in {self.neutron_url}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process this cloud started (by PID) and remove its state dir."""
+        for service in (self.nova, self.keystone):
+            if service is not None:
+                service.stop()
+        if self.neutron is not None:
+            self.neutron.stop()
+            self.neutron = None
+        if self.state_dir is not None and self.state_dir.exists():
+            if self.keep_state:
+                _log(f"keeping state in {self.state_dir}")
+            else:
+                shutil.rmtree(self.state_dir, ignore_errors=True)
+        self._started = False
+
+    def pids(self) -> Dict[str, int]:
+        """PIDs of the running service processes (gunicorn masters)."""
+        return {s.name: s.pid for s in (self.keystone, self.nova)
+                if s is not None and s.pid is not None}
+
+    @staticmethod
+    def _parallel(steps: Sequence[Tuple[str, Callable[[], None]]], t: _Timings) -> None:
+        errors: List[BaseException] = []
+
+        def run(key: str, func: Callable[[], None]) -> None:
+            try:
+                with t.measure(key):
+                    func()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=s, daemon=True) for s in steps]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    def _bring_up_keystone(self, deadline: float) -> None:
+        assert self.keystone is not None
+        with _Timings(self.timings).measure("keystone_setup"):
+            self._setup_keystone()
+        self.keystone.start()
+        self.keystone.wait_ready("/v3", deadline, lambda s: s == 200)
+
+    def _bring_up_nova(self, deadline: float) -> None:
+        assert self.nova is not None
+        with _Timings(self.timings).measure("nova_setup"):
+            self._setup_nova()
+        self.nova.start()
+        self.nova.wait_ready("/", deadline, lambda s: s in (200, 300))
+
+    def _manage(self, venv: Path, argv: Sequence[str], what: str, log_name: str,
+                input_text: Optional[str] = None) -> str:
+        assert self.state_dir is not None
+        env = _clean_env()
+        with open(self.state_dir / "logs" / log_name, "a") as log:
+            return _run_logged([str(venv / "bin" / argv[0]), *argv[1:]], log, what, env=env,
+                               input_text=input_text)
+
+    # ----------------------------------------------------------------- keystone
+    def _setup_keystone(self) -> None:
+        assert self.state_dir is not None and self.keystone is not None
+        kdir = self.state_dir / "keystone"
+        for sub in ("fernet-keys", "credential-keys"):
+            (kdir / sub).mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        conf = kdir / "keystone.conf"
+        _write_ini(conf, _merge({
+            "DEFAULT": {"use_stderr": "true"},
+            "database": {"connection": f"sqlite:///{kdir / 'keystone.db'}"},
+            "token": {"provider": "fernet"},
+            "fernet_tokens": {"key_repository": kdir / "fernet-keys"},
+            "fernet_receipts": {"key_repository": kdir / "fernet-keys"},
+            "credential": {"key_repository": kdir / "credential-keys"},
+        }, self._keystone_conf_extra))
+        shutil.copyfile(self.venvs["keystone"] / _TEMPLATES / "keystone.db", kdir / "keystone.db")
+        # What `keystone-manage fernet_setup` / `credential_setup` write: key 0
+        # (staged) and key 1 (primary), each a Fernet key (urlsafe base64 of 32
+        # random bytes).  Writing them here saves two Keystone start-ups.
+        for sub in ("fernet-keys", "credential-keys"):
+            for index in ("0", "1"):
+                key_file = kdir / sub / index
+                key_file.write_bytes(base64.urlsafe_b64encode(os.urandom(32)))
+                key_file.chmod(0o600)
+        public = self.keystone.url + "/v3/"
+        self._manage(self.venvs["keystone"], [
+            "keystone-manage", "--config-file", str(conf), "bootstrap",
+            "--bootstrap-password", self.admin_password,
+            "--bootstrap-username", self.ADMIN_USER,
+            "--bootstrap-project-name", self.ADMIN_PROJECT,
+            "--bootstrap-region-id", self.REGION,
+            "--bootstrap-public-url", public,
+            "--bootstrap-internal-url", public,
+            "--bootstrap-admin-url", public,
+        ], "keystone-manage bootstrap", "keystone-manage.log")
+
+    def _keystone_token(self, scope: Mapping[str, Any], user: str, password: str
+                        ) -> Tuple[str, Dict[str, Any]]:
+        body = {"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": user, "password": password, "domain": {"name": self.DOMAIN}}}},
+            "scope": scope}}
+        status, headers, payload = _http("POST", self.auth_url + "/auth/tokens", body)
+        if status != 201:
+            raise CloudStartError(f"Keystone token for {user}: HTTP {status} {payload}")
+        return headers["X-Subject-Token"], payload["token"]
+
+    def _register_catalog(self) -> None:
+        """Service project + nova service user, compute service and endpoints."""
+        assert self.nova is not None
+        admin_scope = {"project": {"name": self.ADMIN_PROJECT,
+                                   "domain": {"name": self.DOMAIN}}}
+        _, info = self._keystone_token(admin_scope, self.ADMIN_USER, self.admin_password)
+        self.admin_user_id = info["user"]["id"]
+        self.admin_project_id = info["project"]["id"]
+        # Catalog and user management need a system-scoped admin token under
+        # Keystone's current default policies.
+        system, _ = self._keystone_token({"system": {"all": True}}, self.ADMIN_USER,
+                                         self.admin_password)
+        api = self.auth_url
+
+        def call(method: str, path: str, body: Any = None, ok: Sequence[int] = (200, 201, 204)
+                 ) -> Any:
+            status, _, payload = _http(method, api + path, body,
+                                       headers={"X-Auth-Token": system})
+            if status not in ok:
+                raise CloudStartError(f"Keystone {method} {path}: HTTP {status} {payload}")
+            return payload
+
+        domain_id = call("GET", "/domains?name=" + self.DOMAIN)["domains"][0]["id"]
+        project = call("POST", "/projects", {"project": {
+            "name": self.SERVICE_PROJECT, "domain_id": domain_id}})["project"]
+        user = call("POST", "/users", {"user": {
+            "name": self.NOVA_SERVICE_USER, "password": self.nova_service_password,
+            "domain_id": domain_id, "default_project_id": project["id"]}})["user"]
+        roles = {r["name"]: r["id"] for r in call("GET", "/roles")["roles"]}
+        if "service" not in roles:
+            roles["service"] = call("POST", "/roles", {"role": {"name": "service"}})["role"]["id"]
+        for role in ("service", "admin"):
+            call("PUT", f"/projects/{project['id']}/users/{user['id']}/roles/{roles[role]}")
+        service = call("POST", "/services", {"service": {
+            "name": "nova", "type": "compute", "enabled": True,
+            "description": "nova-api (guest-ha test fixture)"}})["service"]
+        for interface in ("public", "internal", "admin"):
+            call("POST", "/endpoints", {"endpoint": {
+                "service_id": service["id"], "interface": interface, "region_id": self.REGION,
+                "url": self.nova_url, "enabled": True}})
+
+    # ----------------------------------------------------------------- nova
+    def _setup_nova(self) -> None:
+        assert self.state_dir is not None and self.keystone is not None
+        ndir = self.state_dir / "nova"
+        (ndir / "locks").mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        venv = self.venvs["nova"]
+        paste = (venv / "etc" / "nova" / "api-paste.ini").read_text()
+        if self.nova_auth == "headers":
+            paste = paste.replace(" authtoken keystonecontext", " keystonecontext")
+        (ndir / "api-paste.ini").write_text(paste)
+        cell0 = f"sqlite:///{ndir / 'cell0.db'}"
+        cell1 = f"sqlite:///{ndir / 'cell1.db'}"
+        sections: Dict[str, Dict[str, Any]] = {
+            "DEFAULT": {
+                "host": "gha-nova-api",
+                "state_path": ndir,
+                "transport_url": "fake:/",
+                "use_stderr": "true",
+                "osapi_compute_workers": 1,
+            },
+            "api": {"auth_strategy": "keystone"},
+            "api_database": {"connection": f"sqlite:///{ndir / 'nova_api.db'}"},
+            "database": {"connection": cell1},
+            "oslo_concurrency": {"lock_path": ndir / "locks"},
+            "oslo_messaging_notifications": {"driver": "noop"},
+            "neutron": {"auth_type": "none", "endpoint_override": self.neutron_url},
+            "keystone_authtoken": {
+                "www_authenticate_uri": self.keystone.url + "/v3",
+                "auth_url": self.keystone.url + "/v3",
+                "auth_type": "password",
+                "username": self.NOVA_SERVICE_USER,
+                "password": self.nova_service_password,
+                "project_name": self.SERVICE_PROJECT,
+                "user_domain_name": self.DOMAIN,
+                "project_domain_name": self.DOMAIN,
+                "region_name": self.REGION,
+                "interface": "public",
+                "service_token_roles_required": "true",
+            },
+            "wsgi": {"api_paste_config": ndir / "api-paste.ini"},
+        }
+        conf = ndir / "nova.conf"
+        _write_ini(conf, _merge(sections, self._nova_conf_extra))
+        tpl = venv / _TEMPLATES
+        shutil.copyfile(tpl / "nova_api.db", ndir / "nova_api.db")
+        shutil.copyfile(tpl / "cell.db", ndir / "cell0.db")
+        shutil.copyfile(tpl / "cell.db", ndir / "cell1.db")
+        # `nova-manage cell_v2 map_cell0` + `create_cell`, through nova-manage's
+        # own code, in one process.
+        self.seed([{"op": "cells", "cell0": cell0, "cell1": cell1,
+                    "transport_url": sections["DEFAULT"]["transport_url"]}])
+
+    def seed(self, ops: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+        """Run Nova seed operations (see ``openstack_assets/nova_seed.py``) in one
+        process of the nova venv; return one result per operation."""
+        assert self.state_dir is not None, "cloud not started"
+        script = os.path.join(ASSETS_DIR, "nova_seed.py")
+        out = self._manage(self.venvs["nova"],
+                           ["python", script, "--config-file",
+                            str(self.state_dir / "nova" / "nova.conf")],
+                           "nova seed", "nova-seed.log", input_text=json.dumps(list(ops)))
+        return json.loads(out.strip().splitlines()[-1])
+
+    def create_flavor(self, name: str, extra_specs: Optional[Mapping[str, str]] = None, *,
+                      vcpus: int = 1, ram: int = 512, disk: int = 1,
+                      flavorid: Optional[str] = None) -> Dict[str, Any]:
+        """Create a public flavor (with extra specs) through ``nova.objects.Flavor``."""
+        return self.seed([{"op": "flavor", "name": name, "flavorid": flavorid,
+                           "vcpus": vcpus, "memory_mb": ram, "root_gb": disk,
+                           "extra_specs": dict(extra_specs or {})}])[0]
+
+    def create_host(self, host: str) -> Dict[str, Any]:
+        """nova-compute Service + ComputeNode + HostMapping (cell1) for ``host``."""
+        return self.seed([{"op": "host", "host": host}])[0]
+
+    def create_server_group(self, name: str, policy: str = "anti-affinity", *,
+                            project_id: Optional[str] = None,
+                            user_id: Optional[str] = None) -> Dict[str, Any]:
+        """Create a server group (admin project unless given); returns ``uuid`` etc."""
+        return self.seed([{"op": "server_group", "name": name, "policy": policy,
+                           "project_id": project_id or self.admin_project_id,
+                           "user_id": user_id or self.admin_user_id}])[0]
+
+    def create_server(self, uuid: str, name: str, flavor: str, host: str,
+                      server_group: Optional[str] = None, vm_state: str = "active", *,
+                      project_id: Optional[str] = None, user_id: Optional[str] = None,
+                      metadata: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+        """Create a server as if it had been booted on ``host``.
+
+        ``flavor`` is a flavor name or flavorid; ``server_group`` a group uuid or
+        name; the host's Service/ComputeNode/HostMapping are created if missing.
+        The server belongs to the admin project unless ``project_id`` is given.
+        """
+        return self.seed([{"op": "server", "uuid": str(uuid), "name": name, "flavor": flavor,
+                           "host": host, "server_group": server_group, "vm_state": vm_state,
+                           "project_id": project_id or self.admin_project_id,
+                           "user_id": user_id or self.admin_user_id,
+                           "metadata": dict(metadata or {})}])[0]
+
+    # ----------------------------------------------------------------- clients
+    def token(self) -> str:
+        """A project-scoped admin token (cached for 30 minutes), via plain HTTP."""
+        if self._token is None or self._token[1] < time.monotonic():
+            scope = {"project": {"name": self.ADMIN_PROJECT, "domain": {"name": self.DOMAIN}}}
+            tok, _ = self._keystone_token(scope, self.ADMIN_USER, self.admin_password)
+            self._token = (tok, time.monotonic() + 1800)
+        return self._token[0]
+
+    def session(self, **session_kwargs: Any) -> Any:
+        """A ``keystoneauth1.session.Session`` authenticated as the admin user."""
+        from keystoneauth1 import session as ks_session
+        from keystoneauth1.identity import v3
+
+        return ks_session.Session(auth=v3.Password(**self.admin_credentials), **session_kwargs)
+
+    def clouds_yaml(self, path: "str | os.PathLike[str]", cloud_name: str = "guest-ha") -> Path:
+        """Write a ``clouds.yaml`` for keystoneauth1/openstacksdk consumers
+        (JSON is valid YAML, so no YAML library is needed).  Returns the path."""
+        creds = dict(self.admin_credentials)
+        doc = {"clouds": {cloud_name: {
+            "auth": creds,
+            "auth_type": "password",
+            "region_name": self.REGION,
+            "interface": "public",
+            "identity_api_version": 3,
+        }}}
+        out = Path(path)
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        return out
+
+
+@contextlib.contextmanager
+def openstack_cloud(**kwargs: Any) -> Iterator[OpenStackCloud]:
+    """``with openstack_cloud(**kwargs) as cloud:`` - start, yield, always stop."""
+    cloud = OpenStackCloud(**kwargs)
+    with cloud:
+        yield cloud
+
+
+def openstack_fixture(scope: str = "session", name: Optional[str] = None, **kwargs: Any) -> Any:
+    """Build a pytest fixture that yields a started ``OpenStackCloud``.
+
+    In a test module or conftest::
+
+        from guest_ha.testing.openstack import openstack_fixture
+        cloud = openstack_fixture(scope="module")            # fixture "cloud"
+        hdr_cloud = openstack_fixture(nova_auth="headers")   # keyword args go to the cloud
+
+    ``name`` sets the fixture name explicitly (otherwise the name it is bound
+    to).  The cloud is stopped (processes killed, state removed) when the scope
+    ends.
+    """
+    import pytest
+
+    def _cloud() -> Iterator[OpenStackCloud]:
+        with openstack_cloud(**kwargs) as cloud:
+            yield cloud
+
+    if name is not None:
+        return pytest.fixture(scope=scope, name=name)(_cloud)  # type: ignore[call-overload]
+    return pytest.fixture(scope=scope)(_cloud)  # type: ignore[call-overload]
