@@ -29,6 +29,28 @@ def raise_fd_limit() -> None:
         pass
 
 
+def build_forwarder(config: Any) -> Any:
+    """The sink that spools events and forwards them to the controllers."""
+    import os
+    import socket as socketlib
+
+    from ..messaging import options as messaging_options
+    from ..messaging.rpc import ControllerClient, get_transport
+    from .forwarder import ForwardingSink
+    from .spool import Spool
+
+    link = config.controller
+    files = (
+        [link.messaging_config]
+        if link.messaging_config and os.path.exists(link.messaging_config)
+        else []
+    )
+    conf = messaging_options.configure(link.transport_url, config_files=files)
+    host = link.host or conf.guest_ha.host or socketlib.gethostname()
+    client = ControllerClient(get_transport(), host)
+    return ForwardingSink(Spool(link.spool_dir), client.report, host)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config) if args.config else parse_config({})
@@ -42,6 +64,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     raise_fd_limit()
     sink = build_sink(config.events.log, config.events.jsonl)
+    if config.controller.enabled:
+        try:
+            sink.sinks.append(build_forwarder(config))
+        except Exception as exc:
+            print(f"guest-ha-compute: cannot set up the controller link: {exc}", file=sys.stderr)
+            return 2
     engine = HeartbeatEngine(config, sink)
 
     def _stop(signum: int, _frame: Any) -> None:

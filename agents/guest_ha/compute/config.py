@@ -82,6 +82,25 @@ class LibvirtConfig:
 
 
 @dataclass(frozen=True)
+class ControllerLinkConfig:
+    """Forwarding of events to the controllers over oslo.messaging."""
+
+    enabled: bool = False
+    transport_url: Optional[str] = None
+    """Overrides ``[DEFAULT] transport_url`` of ``messaging_config``."""
+    messaging_config: Optional[str] = "/etc/guest-ha/messaging.conf"
+    """oslo.config file with the transport and ``[guest_ha]`` messaging options
+    (sample: ``oslo-config-generator --namespace guest_ha.compute``)."""
+    spool_dir: str = "/var/lib/guest-ha/spool"
+    host: Optional[str] = None
+    """This compute host's name as the controllers know it (default: hostname)."""
+
+    def __post_init__(self) -> None:
+        if not self.spool_dir.startswith("/"):
+            raise ValueError("spool_dir must be an absolute path")
+
+
+@dataclass(frozen=True)
 class ComputeConfig:
     vms: List[VmSpec] = field(default_factory=list)
     socket_dir: Optional[str] = None
@@ -91,6 +110,7 @@ class ComputeConfig:
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     events: EventsConfig = field(default_factory=EventsConfig)
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
+    controller: ControllerLinkConfig = field(default_factory=ControllerLinkConfig)
     status_socket: Optional[str] = DEFAULT_STATUS_SOCKET
     log_level: str = "info"
 
@@ -192,6 +212,7 @@ def parse_config(raw: Any) -> ComputeConfig:
         reconnect=reconnect,
         events=_section(EventsConfig, raw.get("events"), "events"),
         libvirt=_section(LibvirtConfig, raw.get("libvirt"), "libvirt"),
+        controller=_section(ControllerLinkConfig, raw.get("controller"), "controller"),
         status_socket=status_socket,
         log_level=level,
     )

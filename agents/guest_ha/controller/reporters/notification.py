@@ -15,11 +15,12 @@ class NotificationReporter:
         self.notifier = notifier
 
     def report(self, event: Dict[str, Any]) -> None:
+        from ...messaging.rpc import publish
+
         event_type = f"guest_ha.instance.{event['kind']}"
+        priority = "error" if event.get("fault") else "info"
         try:
-            if event.get("fault"):
-                self.notifier.error({}, event_type, event)
-            else:
-                self.notifier.info({}, event_type, event)
+            # publish() raises when the send failed (Notifier itself only logs).
+            publish(self.notifier, event_type, event, priority)
         except Exception as exc:  # oslo.messaging raises transport-specific errors
             raise ReporterError(f"notification {event_type} not sent: {exc}") from None

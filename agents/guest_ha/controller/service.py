@@ -1,0 +1,237 @@
+"""The controller service: RPC endpoint, event store, dispatcher, status/metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, Optional
+
+from .dispatcher import Dispatcher
+from .reporters import Reporter
+from .reporters.log import LogReporter
+from .store import EventStore
+
+LOG = logging.getLogger("guest_ha.controller")
+
+REQUIRED_EVENT_KEYS = ("idempotency_key", "instance_uuid", "kind")
+
+
+class ComputeRegistry:
+    """What the controller knows about each compute agent that talked to it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.hosts: Dict[str, Dict[str, Any]] = {}
+
+    def seen(self, host: str, **facts: Any) -> None:
+        with self.lock:
+            entry = self.hosts.setdefault(host, {"events": 0})
+            entry["last_seen"] = time.time()
+            entry.update(facts)
+
+    def snapshot(self) -> Dict[str, Dict[str, Any]]:
+        with self.lock:
+            return {h: dict(v) for h, v in self.hosts.items()}
+
+
+class ControllerEndpoint:
+    """RPC methods compute agents call (oslo.messaging endpoint)."""
+
+    def __init__(self, service: "ControllerService") -> None:
+        self.service = service
+
+    def report_event(self, ctxt: Dict[str, Any], event: Dict[str, Any]) -> Dict[str, Any]:
+        """Persist one event, then acknowledge it. Idempotent on its key."""
+        missing = [k for k in REQUIRED_EVENT_KEYS if not isinstance(event.get(k), str)]
+        if missing:
+            # A permanent refusal: the compute agent logs it; retrying cannot help.
+            return {
+                "accepted": False,
+                "key": event.get("idempotency_key"),
+                "error": f"event lacks {', '.join(missing)}",
+            }
+        host = str(event.get("compute_host") or (ctxt or {}).get("host") or "unknown")
+        fresh = self.service.store.accept(event, self.service.reporter_names, host)
+        self.service.computes.seen(host)
+        with self.service.computes.lock:
+            self.service.computes.hosts[host]["events"] += 1
+        if fresh:
+            LOG.info(
+                "[instance %s] %s from %s accepted (%s)",
+                event["instance_uuid"],
+                event["kind"],
+                host,
+                event["idempotency_key"],
+            )
+            self.service.dispatcher.wake()
+        return {"accepted": True, "key": event["idempotency_key"], "duplicate": not fresh}
+
+    def compute_status(
+        self, ctxt: Dict[str, Any], host: str, spool_depth: int, vms: int
+    ) -> Dict[str, Any]:
+        """Periodic report from a compute agent (spool depth for metrics)."""
+        self.service.computes.seen(host, spool_depth=int(spool_depth), vms=int(vms))
+        return {"ok": True}
+
+
+class ControllerService:
+    def __init__(
+        self,
+        *,
+        database: str,
+        reporters: Dict[str, Reporter],
+        host: str,
+        workers: int = 4,
+        lease_s: float = 60.0,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 30.0,
+    ) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+        self.host = host
+        self.store = EventStore(database)
+        self.reporters = reporters
+        self.reporter_names = sorted(reporters)
+        self.dispatcher = Dispatcher(
+            self.store,
+            reporters,
+            owner=f"{host}:{os.getpid()}",
+            workers=workers,
+            lease_s=lease_s,
+            backoff_initial_s=retry_initial_s,
+            backoff_max_s=retry_max_s,
+        )
+        self.computes = ComputeRegistry()
+        self.endpoint = ControllerEndpoint(self)
+        self.started_at = time.time()
+        self._http: Optional[ThreadingHTTPServer] = None
+
+    def start(self) -> None:
+        self.dispatcher.start()
+
+    def stop(self) -> None:
+        self.dispatcher.stop()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+
+    def status(self) -> Dict[str, Any]:
+        return {
+            "host": self.host,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "reporters": self.dispatcher.snapshot(),
+            "computes": self.computes.snapshot(),
+            **self.store.stats(),
+        }
+
+    def metrics(self) -> str:
+        """Prometheus text exposition of the controller's counters."""
+        status = self.status()
+        lines = [
+            "# HELP guest_ha_faults_total Faults received, by kind.",
+            "# TYPE guest_ha_faults_total counter",
+        ]
+        for kind, count in sorted(status["faults_by_kind"].items()):
+            lines.append(f'guest_ha_faults_total{{kind="{kind}"}} {count}')
+        lines += [
+            "# HELP guest_ha_reporter_sent_total Events delivered, by reporter.",
+            "# TYPE guest_ha_reporter_sent_total counter",
+        ]
+        for name, rep in sorted(status["reporters"].items()):
+            lines.append(f'guest_ha_reporter_sent_total{{reporter="{name}"}} {rep["sent"]}')
+        lines += [
+            "# HELP guest_ha_reporter_errors_total Failed delivery attempts, by reporter.",
+            "# TYPE guest_ha_reporter_errors_total counter",
+        ]
+        for name, rep in sorted(status["reporters"].items()):
+            lines.append(f'guest_ha_reporter_errors_total{{reporter="{name}"}} {rep["errors"]}')
+        lines += [
+            "# HELP guest_ha_reporter_latency_seconds_mean Mean reporter call latency.",
+            "# TYPE guest_ha_reporter_latency_seconds_mean gauge",
+        ]
+        for name, rep in sorted(status["reporters"].items()):
+            if rep["mean_latency_ms"] is not None:
+                lines.append(
+                    f'guest_ha_reporter_latency_seconds_mean{{reporter="{name}"}} '
+                    f"{rep['mean_latency_ms'] / 1000:.6f}"
+                )
+        lines += [
+            "# HELP guest_ha_deliveries Deliveries by state.",
+            "# TYPE guest_ha_deliveries gauge",
+        ]
+        for state, count in sorted(status["deliveries"].items()):
+            lines.append(f'guest_ha_deliveries{{state="{state}"}} {count}')
+        lines += [
+            "# HELP guest_ha_compute_spool_depth Events waiting in a compute agent's spool.",
+            "# TYPE guest_ha_compute_spool_depth gauge",
+        ]
+        for host, facts in sorted(status["computes"].items()):
+            if "spool_depth" in facts:
+                lines.append(
+                    f'guest_ha_compute_spool_depth{{host="{host}"}} {facts["spool_depth"]}'
+                )
+        return "\n".join(lines) + "\n"
+
+    def serve_http(self, listen: str) -> None:
+        """Serve /status (JSON) and /metrics (Prometheus) on ``host:port``."""
+        host, _, port = listen.rpartition(":")
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/status":
+                    body = json.dumps(service.status(), default=str).encode()
+                    ctype = "application/json"
+                elif self.path == "/metrics":
+                    body = service.metrics().encode()
+                    ctype = "text/plain; version=0.0.4"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._http = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+        threading.Thread(target=self._http.serve_forever, name="status-http", daemon=True).start()
+
+
+def build_reporters(conf: Any, transport_url: Optional[str]) -> Dict[str, Reporter]:
+    """Instantiate the reporters named in ``[controller] reporters``."""
+    reporters: Dict[str, Reporter] = {}
+    for name in conf.controller.reporters:
+        if name == "log":
+            reporters[name] = LogReporter()
+        elif name == "notification":
+            from ..messaging.rpc import notifier
+            from .reporters.notification import NotificationReporter
+
+            reporters[name] = NotificationReporter(
+                notifier(
+                    transport_url,
+                    f"guest-ha-controller.{conf.guest_ha.host}",
+                    conf.controller.notification_topics,
+                )
+            )
+        elif name == "nova":
+            from ..compute.nova import session_from_clouds_yaml
+            from .reporters.nova import NovaReporter
+
+            opts = conf.reporter_nova
+            reporters[name] = NovaReporter(
+                session_from_clouds_yaml(opts.clouds_yaml, opts.cloud),
+                reset_on_recovery=opts.reset_on_recovery,
+                region=opts.region,
+                interface=opts.interface,
+            )
+        else:
+            raise ValueError(f"reporter {name!r} is not available in this release")
+    return reporters
