@@ -20,7 +20,8 @@ import socket
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ..protocol import SERVER_GROUP, HostChannel
+from ..protocol import SERVER_GROUP, HeartbeatEvent, HostChannel
+from ..protocol.heartbeat import HEARTBEAT_LOST
 from ..protocol.messages import nack
 from .config import ComputeConfig, VmSpec
 from .sinks import EventSink, VmEvent
@@ -28,6 +29,7 @@ from .sinks import EventSink, VmEvent
 LOG = logging.getLogger("guest_ha.compute")
 
 READ_CHUNK = 64 * 1024
+CONFIRM_TIMEOUT_S = 1.0
 _RETRY_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ENOTSOCK, errno.EACCES)
 
 DISCONNECTED = "disconnected"
@@ -46,6 +48,9 @@ class VmConnection:
         self.backoff = initial_backoff
         self.read_paused = False
         self.scheduled_tick: Optional[float] = None
+        self.held: List[HeartbeatEvent] = []
+        """Events waiting for the hypervisor to confirm a fault (in order)."""
+        self.hold_token = 0
         self.source = "config"
         """Who asked for this VM: ``config``, ``socket_dir`` or ``libvirt``."""
         self.lifecycle_suspended = ""
@@ -85,6 +90,9 @@ class HeartbeatEngine:
         self._status_sock: Optional[socket.socket] = None
         self._status_clients: Dict[int, Tuple[socket.socket, bytearray, float]] = {}
         self.started_at = clock()
+        self.fault_confirmer: Optional[Callable[[str, Callable[[bool, str], None]], None]] = None
+        """Set in libvirt mode: asks whether a domain still runs before a heartbeat
+        fault is reported (see ``_hold``)."""
         self.loop_iterations = 0
 
     # -- VM set -------------------------------------------------------------------
@@ -293,6 +301,9 @@ class HeartbeatEngine:
                 self._after_channel_activity(vm)
             elif kind == "connect" and vm.state == DISCONNECTED:
                 self._try_connect(vm, now)
+            elif kind == "confirm_timeout" and vm.held:
+                LOG.warning("%s no answer from the hypervisor: reporting the fault", vm.log_prefix)
+                self._confirmed(uuid, vm.hold_token, True, "unknown")
             elif kind == "resume_read" and vm.read_paused and vm.sock is not None:
                 vm.read_paused = False
                 self._update_interest(vm)
@@ -403,22 +414,69 @@ class HeartbeatEngine:
                     )
                 )
         for event in channel.take_events():
-            self.sink.emit(
-                VmEvent(
-                    kind=event.kind,
-                    instance_uuid=vm.spec.uuid,
-                    domain=vm.spec.name,
-                    monotonic=event.at,
-                    wall_time=time.time() - (self.clock() - event.at),
-                    fault=event.is_fault,
-                    detail=dict(event.detail),
-                )
-            )
+            if vm.held or (event.kind == HEARTBEAT_LOST and self.fault_confirmer is not None):
+                self._hold(vm, event)
+            else:
+                self._emit(vm, event)
         for line in channel.take_log():
             LOG.warning("%s %s", vm.log_prefix, line)
         if channel.wants_write:
             self._dirty.add(vm.spec.uuid)
         self._reschedule_tick(vm)
+
+    def _emit(self, vm: VmConnection, event: HeartbeatEvent) -> None:
+        now = self.clock()
+        self.sink.emit(
+            VmEvent(
+                kind=event.kind,
+                instance_uuid=vm.spec.uuid,
+                domain=vm.spec.name,
+                monotonic=now,
+                wall_time=time.time(),
+                fault=event.is_fault,
+                detail=dict(event.detail),
+            )
+        )
+
+    # -- fault confirmation ---------------------------------------------------------
+    # A missed heartbeat can race a pause: the guest stops answering a few
+    # milliseconds before libvirt's "suspended" event reaches us. With a
+    # confirmer (libvirt mode), heartbeat_lost is held until the hypervisor says
+    # the domain is still running; events after it wait behind it, in order.
+
+    def _hold(self, vm: VmConnection, event: HeartbeatEvent) -> None:
+        first = not vm.held
+        vm.held.append(event)
+        if first and self.fault_confirmer is not None:
+            uuid = vm.spec.uuid
+            token = vm.hold_token = vm.hold_token + 1
+
+            def answer(running: bool, state: str) -> None:
+                self.post(lambda: self._confirmed(uuid, token, running, state))
+
+            self.fault_confirmer(uuid, answer)
+            self._schedule(self.clock() + CONFIRM_TIMEOUT_S, "confirm_timeout", uuid)
+
+    def _confirmed(self, uuid: str, token: int, running: bool, state: str) -> None:
+        vm = self.vms.get(uuid)
+        if vm is None or not vm.held or vm.hold_token != token:
+            return
+        held, vm.held = vm.held, []
+        vm.hold_token += 1
+        if running:
+            for event in held:
+                self._emit(vm, event)
+            return
+        # Not running: the pause (or stop) explains the silence. Drop the fault
+        # and its recovery; keep anything else, in order.
+        LOG.info("%s missed heartbeat while the domain is %s: no fault", vm.log_prefix, state)
+        vm.channel.heartbeat.retract_fault(HEARTBEAT_LOST)
+        vm.lifecycle_suspended = state
+        vm.channel.heartbeat.suspend(self.clock(), state)
+        vm.channel.take_events()  # the "suspended" notice is not news
+        for event in held:
+            if event.kind not in (HEARTBEAT_LOST, "recovered"):
+                self._emit(vm, event)
 
     def _flush_dirty(self) -> None:
         dirty, self._dirty = self._dirty, set()

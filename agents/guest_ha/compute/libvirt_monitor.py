@@ -136,6 +136,7 @@ class LibvirtMonitor:
                 cache_ttl_s=config.nova_cache_ttl_s,
             )
         self._queue: "queue.Queue[Tuple[str, str, int, int]]" = queue.Queue()
+        self._confirms: "queue.Queue[Tuple[str, Any]]" = queue.Queue()
         self._conn: Any = None
         self._callbacks: list = []
         self._running = False
@@ -150,6 +151,31 @@ class LibvirtMonitor:
         self._running = True
         self._worker = threading.Thread(target=self._work, name="libvirt-worker", daemon=True)
         self._worker.start()
+        threading.Thread(target=self._confirm_loop, name="libvirt-confirm", daemon=True).start()
+        self.engine.fault_confirmer = self.confirm_running
+
+    # -- fault confirmation (own thread: never queued behind slow discovery work) -----
+    def confirm_running(self, uuid: str, answer: Any) -> None:
+        """Ask (asynchronously) whether the domain runs; ``answer(running, state)``."""
+        self._confirms.put((uuid, answer))
+
+    def _confirm_loop(self) -> None:
+        lv = self.libvirt
+        while self._running:
+            try:
+                uuid, answer = self._confirms.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            conn = self._conn
+            try:
+                if conn is None:
+                    raise lv.libvirtError("not connected")
+                state = conn.lookupByUUIDString(uuid).state()[0]
+            except lv.libvirtError as exc:
+                LOG.warning("[instance %s] cannot confirm the domain state: %s", uuid, exc)
+                answer(True, "unknown")
+                continue
+            answer(state == lv.VIR_DOMAIN_RUNNING, _state_name(lv, state))
 
     def stop(self) -> None:
         self._running = False
@@ -425,6 +451,23 @@ class LibvirtMonitor:
         if (uuid, message) not in self._warned:
             self._warned.add((uuid, message))
             LOG.warning("%s", message)
+
+
+def _state_name(lv: Any, state: int) -> str:
+    """``paused``, ``shutoff``... for a ``VIR_DOMAIN_*`` state value."""
+    for attr in (
+        "RUNNING",
+        "PAUSED",
+        "SHUTDOWN",
+        "SHUTOFF",
+        "CRASHED",
+        "PMSUSPENDED",
+        "BLOCKED",
+        "NOSTATE",
+    ):
+        if getattr(lv, f"VIR_DOMAIN_{attr}", None) == state:
+            return attr.lower()
+    return str(state)
 
 
 def _name(lv: Any, event: str, detail: int) -> str:

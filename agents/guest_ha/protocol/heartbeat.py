@@ -156,6 +156,15 @@ class HostHeartbeat:
         if self.health != kind:
             self._set_health(kind, now, reason, **detail)
 
+    def retract_fault(self, kind: str) -> None:
+        """Forget a fault that turned out to be explained (the VM was paused).
+
+        No event: the caller has not reported the fault yet.
+        """
+        if self.health == kind:
+            self.health, self.health_reason = HEALTHY, ""
+            self.misses = 0
+
     def resume(self, now: float) -> None:
         """A lifecycle operation ended (resume, migration done): heartbeat again.
 

@@ -200,18 +200,29 @@ def ensure_venv(name: str, *, cache: Optional[Path] = None) -> Path:
         if marker.is_file() and marker.read_text().strip() == wanted:
             return venv
         started = time.monotonic()
-        _log(f"installing {name} into {venv} ({' '.join(spec.requirements)}); "
-             "this takes 10-60 s on a first run")
+        _log(
+            f"installing {name} into {venv} ({' '.join(spec.requirements)}); "
+            "this takes 10-60 s on a first run"
+        )
         if venv.exists():
             shutil.rmtree(venv)
         log_path = venv.with_name(venv.name + ".install.log")
         with open(log_path, "w") as log:
             _run_logged([sys.executable, "-m", "venv", str(venv)], log, f"venv for {name}")
             _run_logged(
-                [str(venv / "bin" / "python"), "-m", "pip", "install",
-                 "--disable-pip-version-check", "--cache-dir", str(cache / "pip"),
-                 *spec.requirements],
-                log, f"pip install for {name}", timeout=1800,
+                [
+                    str(venv / "bin" / "python"),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--cache-dir",
+                    str(cache / "pip"),
+                    *spec.requirements,
+                ],
+                log,
+                f"pip install for {name}",
+                timeout=1800,
             )
             if spec.post_install is not None:
                 spec.post_install(venv, cache, _log)
@@ -250,16 +261,28 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _run_logged(argv: Sequence[str], log: Any, what: str, *, env: Optional[Mapping[str, str]]
-                = None, timeout: float = 600, input_text: Optional[str] = None) -> str:
+def _run_logged(
+    argv: Sequence[str],
+    log: Any,
+    what: str,
+    *,
+    env: Optional[Mapping[str, str]] = None,
+    timeout: float = 600,
+    input_text: Optional[str] = None,
+) -> str:
     """Run ``argv``; its output is appended to ``log`` and returned.  Raise with
     the output's tail when it fails."""
     log.write(f"$ {' '.join(argv)}\n")
     log.flush()
     started = time.monotonic()
     proc = subprocess.run(
-        list(argv), env=dict(env) if env is not None else None, input=input_text,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+        list(argv),
+        env=dict(env) if env is not None else None,
+        input=input_text,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
     )
     log.write(proc.stdout)
     log.write(f"# exit {proc.returncode} after {time.monotonic() - started:.2f} s\n")
@@ -284,26 +307,33 @@ def _clean_env() -> Dict[str, str]:
 def _keystone_template(venv: Path, tpl: Path, log: Any) -> None:
     conf = tpl / "keystone.conf"
     _write_ini(conf, {"database": {"connection": f"sqlite:///{tpl / 'keystone.db'}"}})
-    _run_logged([str(venv / "bin" / "keystone-manage"), "--config-file", str(conf), "db_sync"],
-                log, "keystone-manage db_sync (template)", env=_clean_env())
+    _run_logged(
+        [str(venv / "bin" / "keystone-manage"), "--config-file", str(conf), "db_sync"],
+        log,
+        "keystone-manage db_sync (template)",
+        env=_clean_env(),
+    )
     conf.unlink()
 
 
 def _nova_template(venv: Path, tpl: Path, log: Any) -> None:
     conf = tpl / "nova.conf"
     (tpl / "locks").mkdir(exist_ok=True)
-    _write_ini(conf, {
-        "DEFAULT": {"transport_url": "fake:/", "state_path": tpl},
-        "api_database": {"connection": f"sqlite:///{tpl / 'nova_api.db'}"},
-        "database": {"connection": f"sqlite:///{tpl / 'cell.db'}"},
-        "oslo_concurrency": {"lock_path": tpl / "locks"},
-    })
+    _write_ini(
+        conf,
+        {
+            "DEFAULT": {"transport_url": "fake:/", "state_path": tpl},
+            "api_database": {"connection": f"sqlite:///{tpl / 'nova_api.db'}"},
+            "database": {"connection": f"sqlite:///{tpl / 'cell.db'}"},
+            "oslo_concurrency": {"lock_path": tpl / "locks"},
+        },
+    )
     manage = [str(venv / "bin" / "nova-manage"), "--config-file", str(conf)]
-    _run_logged([*manage, "api_db", "sync"], log, "nova-manage api_db sync (template)",
-                env=_clean_env())
+    _run_logged(
+        [*manage, "api_db", "sync"], log, "nova-manage api_db sync (template)", env=_clean_env()
+    )
     # cell0 and cell1 share one schema: sync it once, copy it twice at start.
-    _run_logged([*manage, "db", "sync"], log, "nova-manage db sync (template)",
-                env=_clean_env())
+    _run_logged([*manage, "db", "sync"], log, "nova-manage db sync (template)", env=_clean_env())
     conf.unlink()
     shutil.rmtree(tpl / "locks", ignore_errors=True)
 
@@ -311,10 +341,10 @@ def _nova_template(venv: Path, tpl: Path, log: Any) -> None:
 #: Pinned per ENVIRONMENT.md: Keystone 30 and Nova 34 are what pip resolves on
 #: Debian 12's Python 3.11 and what was tried on this machine.
 SERVICES: Dict[str, ServiceSpec] = {
-    "keystone": ServiceSpec("keystone", ("keystone>=30,<31", "gunicorn>=22"),
-                            db_template=_keystone_template),
-    "nova": ServiceSpec("nova", ("nova>=34,<35", "gunicorn>=22"),
-                        db_template=_nova_template),
+    "keystone": ServiceSpec(
+        "keystone", ("keystone>=30,<31", "gunicorn>=22"), db_template=_keystone_template
+    ),
+    "nova": ServiceSpec("nova", ("nova>=34,<35", "gunicorn>=22"), db_template=_nova_template),
 }
 
 
@@ -356,8 +386,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _http(method: str, url: str, body: Any = None, headers: Optional[Mapping[str, str]] = None,
-          timeout: float = 30) -> Tuple[int, Mapping[str, str], Any]:
+def _http(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: Optional[Mapping[str, str]] = None,
+    timeout: float = 30,
+) -> Tuple[int, Mapping[str, str], Any]:
     """Tiny JSON HTTP client (stdlib), for set-up and readiness checks."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
@@ -390,8 +425,16 @@ class GunicornService:
     gunicorn's workers go too.
     """
 
-    def __init__(self, name: str, venv: Path, wsgi_target: str, port: int, log_path: Path,
-                 env: Optional[Mapping[str, str]] = None, threads: int = 4):
+    def __init__(
+        self,
+        name: str,
+        venv: Path,
+        wsgi_target: str,
+        port: int,
+        log_path: Path,
+        env: Optional[Mapping[str, str]] = None,
+        threads: int = 4,
+    ):
         self.name = name
         self.venv = venv
         self.wsgi_target = wsgi_target
@@ -413,13 +456,20 @@ class GunicornService:
         argv = [
             str(self.venv / "bin" / "gunicorn"),
             "--no-control-socket",
-            "--bind", f"127.0.0.1:{self.port}",
-            "--workers", "1",
-            "--threads", str(self.threads),
-            "--timeout", "300",
-            "--graceful-timeout", "3",
-            "--pythonpath", ASSETS_DIR,
-            "--name", f"gha-{self.name}",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            "1",
+            "--threads",
+            str(self.threads),
+            "--timeout",
+            "300",
+            "--graceful-timeout",
+            "3",
+            "--pythonpath",
+            ASSETS_DIR,
+            "--name",
+            f"gha-{self.name}",
             "gha_wsgi_shim:application",
         ]
         env = _clean_env()  # the service venv must not see the caller's venv
@@ -429,8 +479,12 @@ class GunicornService:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True,
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
             )
 
     def wait_ready(self, path: str, deadline: float, ok: Callable[[int], bool]) -> float:
@@ -441,7 +495,8 @@ class GunicornService:
             if self.proc is not None and self.proc.poll() is not None:
                 raise CloudStartError(
                     f"{self.name} exited with {self.proc.returncode} while starting; "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}")
+                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                )
             try:
                 status, _, _ = _http("GET", self.url + path, timeout=5)
                 if ok(status):
@@ -452,7 +507,8 @@ class GunicornService:
             if time.monotonic() > deadline:
                 raise CloudStartError(
                     f"{self.name} not ready at {self.url}{path} ({last}); "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}")
+                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                )
             time.sleep(0.2)
 
     def stop(self, timeout: float = 10) -> None:
@@ -506,9 +562,18 @@ class NeutronStandIn:
                 stand_in.requests.append(("GET", self.path))
                 base = f"http://127.0.0.1:{stand_in.port}"
                 if path in ("", "/v2.0"):
-                    self._send(200, {"versions": [{
-                        "id": "v2.0", "status": "CURRENT",
-                        "links": [{"rel": "self", "href": base + "/v2.0/"}]}]})
+                    self._send(
+                        200,
+                        {
+                            "versions": [
+                                {
+                                    "id": "v2.0",
+                                    "status": "CURRENT",
+                                    "links": [{"rel": "self", "href": base + "/v2.0/"}],
+                                }
+                            ]
+                        },
+                    )
                 elif path == "/v2.0/ports":
                     self._send(200, {"ports": []})
                 elif path == "/v2.0/security-groups":
@@ -518,9 +583,15 @@ class NeutronStandIn:
                 elif path == "/v2.0/floatingips":
                     self._send(200, {"floatingips": []})
                 else:
-                    self._send(404, {"NeutronError": {
-                        "type": "HTTPNotFound",
-                        "message": f"guest-ha Neutron stand-in does not serve {path}"}})
+                    self._send(
+                        404,
+                        {
+                            "NeutronError": {
+                                "type": "HTTPNotFound",
+                                "message": f"guest-ha Neutron stand-in does not serve {path}",
+                            }
+                        },
+                    )
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -528,8 +599,9 @@ class NeutronStandIn:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="neutron-stand-in", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="neutron-stand-in", daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -559,8 +631,9 @@ def _write_ini(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> None:
         parser.write(handle)
 
 
-def _merge(base: Dict[str, Dict[str, Any]], extra: Optional[Mapping[str, Mapping[str, Any]]]
-           ) -> Dict[str, Dict[str, Any]]:
+def _merge(
+    base: Dict[str, Dict[str, Any]], extra: Optional[Mapping[str, Mapping[str, Any]]]
+) -> Dict[str, Dict[str, Any]]:
     for section, values in (extra or {}).items():
         base.setdefault(section, {}).update(values)
     return base
@@ -606,18 +679,24 @@ class OpenStackCloud:
     NOVA_SERVICE_USER = "nova"
     SERVICE_PROJECT = "service"
 
-    def __init__(self, *, nova_auth: str = "keystone",
-                 nova_conf: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                 keystone_conf: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                 keep_state: Optional[bool] = None, startup_timeout: float = 180,
-                 cache: Optional[Path] = None):
+    def __init__(
+        self,
+        *,
+        nova_auth: str = "keystone",
+        nova_conf: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        keystone_conf: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        keep_state: Optional[bool] = None,
+        startup_timeout: float = 180,
+        cache: Optional[Path] = None,
+    ):
         if nova_auth not in ("keystone", "headers"):
             raise ValueError("nova_auth must be 'keystone' or 'headers'")
         self.nova_auth = nova_auth
         self._nova_conf_extra = nova_conf
         self._keystone_conf_extra = keystone_conf
-        self.keep_state = (os.environ.get("GUEST_HA_OPENSTACK_KEEP") == "1"
-                           if keep_state is None else keep_state)
+        self.keep_state = (
+            os.environ.get("GUEST_HA_OPENSTACK_KEEP") == "1" if keep_state is None else keep_state
+        )
         self.startup_timeout = startup_timeout
         self._cache = cache
         self.admin_password = "gha-admin-" + uuidlib.uuid4().hex[:12]
@@ -689,23 +768,40 @@ class OpenStackCloud:
             _log(f"starting Keystone + nova-api in {self.state_dir}")
             self.neutron = NeutronStandIn().start()
             self.keystone = GunicornService(
-                "keystone", self.venvs["keystone"], "keystone.wsgi.api:application",
-                free_port(), self.state_dir / "logs" / "keystone.log",
-                env={"OS_KEYSTONE_CONFIG_DIR": str(self.state_dir / "keystone")})
+                "keystone",
+                self.venvs["keystone"],
+                "keystone.wsgi.api:application",
+                free_port(),
+                self.state_dir / "logs" / "keystone.log",
+                env={"OS_KEYSTONE_CONFIG_DIR": str(self.state_dir / "keystone")},
+            )
             self.nova = GunicornService(
-                "nova-api", self.venvs["nova"], "nova.wsgi.osapi_compute:application",
-                free_port(), self.state_dir / "logs" / "nova-api.log",
-                env={"OS_NOVA_CONFIG_DIR": str(self.state_dir / "nova"),
-                     "OS_NOVA_CONFIG_FILES": "api-paste.ini;nova.conf"})
+                "nova-api",
+                self.venvs["nova"],
+                "nova.wsgi.osapi_compute:application",
+                free_port(),
+                self.state_dir / "logs" / "nova-api.log",
+                env={
+                    "OS_NOVA_CONFIG_DIR": str(self.state_dir / "nova"),
+                    "OS_NOVA_CONFIG_FILES": "api-paste.ini;nova.conf",
+                },
+            )
             # Keystone and nova-api are set up and started side by side; nova-api
             # needs Keystone only once a request arrives.
-            self._parallel([("keystone", lambda: self._bring_up_keystone(deadline)),
-                            ("nova", lambda: self._bring_up_nova(deadline))], t)
+            self._parallel(
+                [
+                    ("keystone", lambda: self._bring_up_keystone(deadline)),
+                    ("nova", lambda: self._bring_up_nova(deadline)),
+                ],
+                t,
+            )
             with t.measure("catalog"):
                 self._register_catalog()
             self.timings["start_total"] = round(time.monotonic() - started, 2)
-            _log(f"cloud up in {self.timings['start_total']} s: keystone {self.auth_url}, "
-                 f"nova {self.nova_url}, neutron stand-in {self.neutron_url}")
+            _log(
+                f"cloud up in {self.timings['start_total']} s: keystone {self.auth_url}, "
+                f"nova {self.nova_url}, neutron stand-in {self.neutron_url}"
+            )
         except BaseException:
             self.stop()
             raise
@@ -728,8 +824,9 @@ class OpenStackCloud:
 
     def pids(self) -> Dict[str, int]:
         """PIDs of the running service processes (gunicorn masters)."""
-        return {s.name: s.pid for s in (self.keystone, self.nova)
-                if s is not None and s.pid is not None}
+        return {
+            s.name: s.pid for s in (self.keystone, self.nova) if s is not None and s.pid is not None
+        }
 
     @staticmethod
     def _parallel(steps: Sequence[Tuple[str, Callable[[], None]]], t: _Timings) -> None:
@@ -764,13 +861,20 @@ class OpenStackCloud:
         self.nova.start()
         self.nova.wait_ready("/", deadline, lambda s: s in (200, 300))
 
-    def _manage(self, venv: Path, argv: Sequence[str], what: str, log_name: str,
-                input_text: Optional[str] = None) -> str:
+    def _manage(
+        self,
+        venv: Path,
+        argv: Sequence[str],
+        what: str,
+        log_name: str,
+        input_text: Optional[str] = None,
+    ) -> str:
         assert self.state_dir is not None
         env = _clean_env()
         with open(self.state_dir / "logs" / log_name, "a") as log:
-            return _run_logged([str(venv / "bin" / argv[0]), *argv[1:]], log, what, env=env,
-                               input_text=input_text)
+            return _run_logged(
+                [str(venv / "bin" / argv[0]), *argv[1:]], log, what, env=env, input_text=input_text
+            )
 
     # ----------------------------------------------------------------- keystone
     def _setup_keystone(self) -> None:
@@ -780,14 +884,20 @@ class OpenStackCloud:
             (kdir / sub).mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         conf = kdir / "keystone.conf"
-        _write_ini(conf, _merge({
-            "DEFAULT": {"use_stderr": "true"},
-            "database": {"connection": f"sqlite:///{kdir / 'keystone.db'}"},
-            "token": {"provider": "fernet"},
-            "fernet_tokens": {"key_repository": kdir / "fernet-keys"},
-            "fernet_receipts": {"key_repository": kdir / "fernet-keys"},
-            "credential": {"key_repository": kdir / "credential-keys"},
-        }, self._keystone_conf_extra))
+        _write_ini(
+            conf,
+            _merge(
+                {
+                    "DEFAULT": {"use_stderr": "true"},
+                    "database": {"connection": f"sqlite:///{kdir / 'keystone.db'}"},
+                    "token": {"provider": "fernet"},
+                    "fernet_tokens": {"key_repository": kdir / "fernet-keys"},
+                    "fernet_receipts": {"key_repository": kdir / "fernet-keys"},
+                    "credential": {"key_repository": kdir / "credential-keys"},
+                },
+                self._keystone_conf_extra,
+            ),
+        )
         shutil.copyfile(self.venvs["keystone"] / _TEMPLATES / "keystone.db", kdir / "keystone.db")
         # What `keystone-manage fernet_setup` / `credential_setup` write: key 0
         # (staged) and key 1 (primary), each a Fernet key (urlsafe base64 of 32
@@ -798,23 +908,50 @@ class OpenStackCloud:
                 key_file.write_bytes(base64.urlsafe_b64encode(os.urandom(32)))
                 key_file.chmod(0o600)
         public = self.keystone.url + "/v3/"
-        self._manage(self.venvs["keystone"], [
-            "keystone-manage", "--config-file", str(conf), "bootstrap",
-            "--bootstrap-password", self.admin_password,
-            "--bootstrap-username", self.ADMIN_USER,
-            "--bootstrap-project-name", self.ADMIN_PROJECT,
-            "--bootstrap-region-id", self.REGION,
-            "--bootstrap-public-url", public,
-            "--bootstrap-internal-url", public,
-            "--bootstrap-admin-url", public,
-        ], "keystone-manage bootstrap", "keystone-manage.log")
+        self._manage(
+            self.venvs["keystone"],
+            [
+                "keystone-manage",
+                "--config-file",
+                str(conf),
+                "bootstrap",
+                "--bootstrap-password",
+                self.admin_password,
+                "--bootstrap-username",
+                self.ADMIN_USER,
+                "--bootstrap-project-name",
+                self.ADMIN_PROJECT,
+                "--bootstrap-region-id",
+                self.REGION,
+                "--bootstrap-public-url",
+                public,
+                "--bootstrap-internal-url",
+                public,
+                "--bootstrap-admin-url",
+                public,
+            ],
+            "keystone-manage bootstrap",
+            "keystone-manage.log",
+        )
 
-    def _keystone_token(self, scope: Mapping[str, Any], user: str, password: str
-                        ) -> Tuple[str, Dict[str, Any]]:
-        body = {"auth": {
-            "identity": {"methods": ["password"], "password": {"user": {
-                "name": user, "password": password, "domain": {"name": self.DOMAIN}}}},
-            "scope": scope}}
+    def _keystone_token(
+        self, scope: Mapping[str, Any], user: str, password: str
+    ) -> Tuple[str, Dict[str, Any]]:
+        body = {
+            "auth": {
+                "identity": {
+                    "methods": ["password"],
+                    "password": {
+                        "user": {
+                            "name": user,
+                            "password": password,
+                            "domain": {"name": self.DOMAIN},
+                        }
+                    },
+                },
+                "scope": scope,
+            }
+        }
         status, headers, payload = _http("POST", self.auth_url + "/auth/tokens", body)
         if status != 201:
             raise CloudStartError(f"Keystone token for {user}: HTTP {status} {payload}")
@@ -823,43 +960,72 @@ class OpenStackCloud:
     def _register_catalog(self) -> None:
         """Service project + nova service user, compute service and endpoints."""
         assert self.nova is not None
-        admin_scope = {"project": {"name": self.ADMIN_PROJECT,
-                                   "domain": {"name": self.DOMAIN}}}
+        admin_scope = {"project": {"name": self.ADMIN_PROJECT, "domain": {"name": self.DOMAIN}}}
         _, info = self._keystone_token(admin_scope, self.ADMIN_USER, self.admin_password)
         self.admin_user_id = info["user"]["id"]
         self.admin_project_id = info["project"]["id"]
         # Catalog and user management need a system-scoped admin token under
         # Keystone's current default policies.
-        system, _ = self._keystone_token({"system": {"all": True}}, self.ADMIN_USER,
-                                         self.admin_password)
+        system, _ = self._keystone_token(
+            {"system": {"all": True}}, self.ADMIN_USER, self.admin_password
+        )
         api = self.auth_url
 
-        def call(method: str, path: str, body: Any = None, ok: Sequence[int] = (200, 201, 204)
-                 ) -> Any:
-            status, _, payload = _http(method, api + path, body,
-                                       headers={"X-Auth-Token": system})
+        def call(
+            method: str, path: str, body: Any = None, ok: Sequence[int] = (200, 201, 204)
+        ) -> Any:
+            status, _, payload = _http(method, api + path, body, headers={"X-Auth-Token": system})
             if status not in ok:
                 raise CloudStartError(f"Keystone {method} {path}: HTTP {status} {payload}")
             return payload
 
         domain_id = call("GET", "/domains?name=" + self.DOMAIN)["domains"][0]["id"]
-        project = call("POST", "/projects", {"project": {
-            "name": self.SERVICE_PROJECT, "domain_id": domain_id}})["project"]
-        user = call("POST", "/users", {"user": {
-            "name": self.NOVA_SERVICE_USER, "password": self.nova_service_password,
-            "domain_id": domain_id, "default_project_id": project["id"]}})["user"]
+        project = call(
+            "POST", "/projects", {"project": {"name": self.SERVICE_PROJECT, "domain_id": domain_id}}
+        )["project"]
+        user = call(
+            "POST",
+            "/users",
+            {
+                "user": {
+                    "name": self.NOVA_SERVICE_USER,
+                    "password": self.nova_service_password,
+                    "domain_id": domain_id,
+                    "default_project_id": project["id"],
+                }
+            },
+        )["user"]
         roles = {r["name"]: r["id"] for r in call("GET", "/roles")["roles"]}
         if "service" not in roles:
             roles["service"] = call("POST", "/roles", {"role": {"name": "service"}})["role"]["id"]
         for role in ("service", "admin"):
             call("PUT", f"/projects/{project['id']}/users/{user['id']}/roles/{roles[role]}")
-        service = call("POST", "/services", {"service": {
-            "name": "nova", "type": "compute", "enabled": True,
-            "description": "nova-api (guest-ha test fixture)"}})["service"]
+        service = call(
+            "POST",
+            "/services",
+            {
+                "service": {
+                    "name": "nova",
+                    "type": "compute",
+                    "enabled": True,
+                    "description": "nova-api (guest-ha test fixture)",
+                }
+            },
+        )["service"]
         for interface in ("public", "internal", "admin"):
-            call("POST", "/endpoints", {"endpoint": {
-                "service_id": service["id"], "interface": interface, "region_id": self.REGION,
-                "url": self.nova_url, "enabled": True}})
+            call(
+                "POST",
+                "/endpoints",
+                {
+                    "endpoint": {
+                        "service_id": service["id"],
+                        "interface": interface,
+                        "region_id": self.REGION,
+                        "url": self.nova_url,
+                        "enabled": True,
+                    }
+                },
+            )
 
     # ----------------------------------------------------------------- nova
     def _setup_nova(self) -> None:
@@ -911,55 +1077,116 @@ class OpenStackCloud:
         shutil.copyfile(tpl / "cell.db", ndir / "cell1.db")
         # `nova-manage cell_v2 map_cell0` + `create_cell`, through nova-manage's
         # own code, in one process.
-        self.seed([{"op": "cells", "cell0": cell0, "cell1": cell1,
-                    "transport_url": sections["DEFAULT"]["transport_url"]}])
+        self.seed(
+            [
+                {
+                    "op": "cells",
+                    "cell0": cell0,
+                    "cell1": cell1,
+                    "transport_url": sections["DEFAULT"]["transport_url"],
+                }
+            ]
+        )
 
     def seed(self, ops: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
         """Run Nova seed operations (see ``openstack_assets/nova_seed.py``) in one
         process of the nova venv; return one result per operation."""
         assert self.state_dir is not None, "cloud not started"
         script = os.path.join(ASSETS_DIR, "nova_seed.py")
-        out = self._manage(self.venvs["nova"],
-                           ["python", script, "--config-file",
-                            str(self.state_dir / "nova" / "nova.conf")],
-                           "nova seed", "nova-seed.log", input_text=json.dumps(list(ops)))
+        out = self._manage(
+            self.venvs["nova"],
+            ["python", script, "--config-file", str(self.state_dir / "nova" / "nova.conf")],
+            "nova seed",
+            "nova-seed.log",
+            input_text=json.dumps(list(ops)),
+        )
         return json.loads(out.strip().splitlines()[-1])
 
-    def create_flavor(self, name: str, extra_specs: Optional[Mapping[str, str]] = None, *,
-                      vcpus: int = 1, ram: int = 512, disk: int = 1,
-                      flavorid: Optional[str] = None) -> Dict[str, Any]:
+    def create_flavor(
+        self,
+        name: str,
+        extra_specs: Optional[Mapping[str, str]] = None,
+        *,
+        vcpus: int = 1,
+        ram: int = 512,
+        disk: int = 1,
+        flavorid: Optional[str] = None,
+    ) -> Dict[str, Any]:
         """Create a public flavor (with extra specs) through ``nova.objects.Flavor``."""
-        return self.seed([{"op": "flavor", "name": name, "flavorid": flavorid,
-                           "vcpus": vcpus, "memory_mb": ram, "root_gb": disk,
-                           "extra_specs": dict(extra_specs or {})}])[0]
+        return self.seed(
+            [
+                {
+                    "op": "flavor",
+                    "name": name,
+                    "flavorid": flavorid,
+                    "vcpus": vcpus,
+                    "memory_mb": ram,
+                    "root_gb": disk,
+                    "extra_specs": dict(extra_specs or {}),
+                }
+            ]
+        )[0]
 
     def create_host(self, host: str) -> Dict[str, Any]:
         """nova-compute Service + ComputeNode + HostMapping (cell1) for ``host``."""
         return self.seed([{"op": "host", "host": host}])[0]
 
-    def create_server_group(self, name: str, policy: str = "anti-affinity", *,
-                            project_id: Optional[str] = None,
-                            user_id: Optional[str] = None) -> Dict[str, Any]:
+    def create_server_group(
+        self,
+        name: str,
+        policy: str = "anti-affinity",
+        *,
+        project_id: Optional[str] = None,
+        user_id: Optional[str] = None,
+    ) -> Dict[str, Any]:
         """Create a server group (admin project unless given); returns ``uuid`` etc."""
-        return self.seed([{"op": "server_group", "name": name, "policy": policy,
-                           "project_id": project_id or self.admin_project_id,
-                           "user_id": user_id or self.admin_user_id}])[0]
+        return self.seed(
+            [
+                {
+                    "op": "server_group",
+                    "name": name,
+                    "policy": policy,
+                    "project_id": project_id or self.admin_project_id,
+                    "user_id": user_id or self.admin_user_id,
+                }
+            ]
+        )[0]
 
-    def create_server(self, uuid: str, name: str, flavor: str, host: str,
-                      server_group: Optional[str] = None, vm_state: str = "active", *,
-                      project_id: Optional[str] = None, user_id: Optional[str] = None,
-                      metadata: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    def create_server(
+        self,
+        uuid: str,
+        name: str,
+        flavor: str,
+        host: str,
+        server_group: Optional[str] = None,
+        vm_state: str = "active",
+        *,
+        project_id: Optional[str] = None,
+        user_id: Optional[str] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+    ) -> Dict[str, Any]:
         """Create a server as if it had been booted on ``host``.
 
         ``flavor`` is a flavor name or flavorid; ``server_group`` a group uuid or
         name; the host's Service/ComputeNode/HostMapping are created if missing.
         The server belongs to the admin project unless ``project_id`` is given.
         """
-        return self.seed([{"op": "server", "uuid": str(uuid), "name": name, "flavor": flavor,
-                           "host": host, "server_group": server_group, "vm_state": vm_state,
-                           "project_id": project_id or self.admin_project_id,
-                           "user_id": user_id or self.admin_user_id,
-                           "metadata": dict(metadata or {})}])[0]
+        return self.seed(
+            [
+                {
+                    "op": "server",
+                    "uuid": str(uuid),
+                    "name": name,
+                    "flavor": flavor,
+                    "host": host,
+                    "server_group": server_group,
+                    "vm_state": vm_state,
+                    "project_id": project_id or self.admin_project_id,
+                    "user_id": user_id or self.admin_user_id,
+                    "metadata": dict(metadata or {}),
+                }
+            ]
+        )[0]
 
     # ----------------------------------------------------------------- clients
     def token(self) -> str:
@@ -981,13 +1208,17 @@ class OpenStackCloud:
         """Write a ``clouds.yaml`` for keystoneauth1/openstacksdk consumers
         (JSON is valid YAML, so no YAML library is needed).  Returns the path."""
         creds = dict(self.admin_credentials)
-        doc = {"clouds": {cloud_name: {
-            "auth": creds,
-            "auth_type": "password",
-            "region_name": self.REGION,
-            "interface": "public",
-            "identity_api_version": 3,
-        }}}
+        doc = {
+            "clouds": {
+                cloud_name: {
+                    "auth": creds,
+                    "auth_type": "password",
+                    "region_name": self.REGION,
+                    "interface": "public",
+                    "identity_api_version": 3,
+                }
+            }
+        }
         out = Path(path)
         out.write_text(json.dumps(doc, indent=2) + "\n")
         return out

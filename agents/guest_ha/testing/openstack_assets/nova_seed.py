@@ -74,8 +74,9 @@ def op_cells(ctxt, op):
 
     commands = manage.CellV2Commands()
     commands.map_cell0(database_connection=op["cell0"])
-    rc = commands.create_cell(name="cell1", database_connection=op["cell1"],
-                              transport_url=op["transport_url"])
+    rc = commands.create_cell(
+        name="cell1", database_connection=op["cell1"], transport_url=op["transport_url"]
+    )
     if rc not in (0, None):
         raise RuntimeError(f"nova-manage cell_v2 create_cell returned {rc}")
     return {"cell1": _cell1(ctxt).uuid}
@@ -98,8 +99,12 @@ def op_flavor(ctxt, op):
         extra_specs=dict(op.get("extra_specs") or {}),
     )
     flavor.create()
-    return {"id": flavor.id, "flavorid": flavor.flavorid, "name": flavor.name,
-            "extra_specs": dict(flavor.extra_specs)}
+    return {
+        "id": flavor.id,
+        "flavorid": flavor.flavorid,
+        "name": flavor.name,
+        "extra_specs": dict(flavor.extra_specs),
+    }
 
 
 def op_host(ctxt, op):
@@ -108,8 +113,14 @@ def op_host(ctxt, op):
     with context.target_cell(ctxt, cell) as cctxt:
         service = objects.Service.get_by_host_and_binary(cctxt, host, "nova-compute")
         if service is None:
-            service = objects.Service(cctxt, host=host, binary="nova-compute",
-                                      topic="compute", report_count=0, disabled=False)
+            service = objects.Service(
+                cctxt,
+                host=host,
+                binary="nova-compute",
+                topic="compute",
+                report_count=0,
+                disabled=False,
+            )
             service.create()
         try:
             nodes = objects.ComputeNodeList.get_all_by_host(cctxt, host)
@@ -119,33 +130,68 @@ def op_host(ctxt, op):
             node = nodes[0]
         else:
             node = objects.ComputeNode(
-                cctxt, host=host, hypervisor_hostname=host, service_id=service.id,
-                uuid=str(uuidlib.uuid4()), vcpus=16, memory_mb=32768, local_gb=500,
-                vcpus_used=0, memory_mb_used=0, local_gb_used=0, free_ram_mb=32768,
-                free_disk_gb=500, current_workload=0, running_vms=0,
-                hypervisor_type="QEMU", hypervisor_version=7002000, cpu_info="{}",
-                disk_available_least=500, host_ip="127.0.0.1", supported_hv_specs=[],
+                cctxt,
+                host=host,
+                hypervisor_hostname=host,
+                service_id=service.id,
+                uuid=str(uuidlib.uuid4()),
+                vcpus=16,
+                memory_mb=32768,
+                local_gb=500,
+                vcpus_used=0,
+                memory_mb_used=0,
+                local_gb_used=0,
+                free_ram_mb=32768,
+                free_disk_gb=500,
+                current_workload=0,
+                running_vms=0,
+                hypervisor_type="QEMU",
+                hypervisor_version=7002000,
+                cpu_info="{}",
+                disk_available_least=500,
+                host_ip="127.0.0.1",
+                supported_hv_specs=[],
                 pci_device_pools=objects.PciDevicePoolList(objects=[]),
-                cpu_allocation_ratio=16.0, ram_allocation_ratio=1.5,
-                disk_allocation_ratio=1.0, stats={}, metrics="[]", numa_topology=None,
-                mapped=1)
+                cpu_allocation_ratio=16.0,
+                ram_allocation_ratio=1.5,
+                disk_allocation_ratio=1.0,
+                stats={},
+                metrics="[]",
+                numa_topology=None,
+                mapped=1,
+            )
             node.create()
     try:
         objects.HostMapping.get_by_host(ctxt, host)
     except exception.HostMappingNotFound:
         objects.HostMapping(ctxt, host=host, cell_mapping=cell).create()
-    return {"host": host, "service_id": service.id, "service_uuid": service.uuid,
-            "compute_node_id": node.id, "compute_node_uuid": node.uuid}
+    return {
+        "host": host,
+        "service_id": service.id,
+        "service_uuid": service.uuid,
+        "compute_node_id": node.id,
+        "compute_node_uuid": node.uuid,
+    }
 
 
 def op_server_group(ctxt, op):
     group = objects.InstanceGroup(
-        ctxt, uuid=op.get("uuid") or str(uuidlib.uuid4()), name=op["name"],
-        project_id=op["project_id"], user_id=op["user_id"],
-        policy=op.get("policy", "anti-affinity"), rules={}, members=[])
+        ctxt,
+        uuid=op.get("uuid") or str(uuidlib.uuid4()),
+        name=op["name"],
+        project_id=op["project_id"],
+        user_id=op["user_id"],
+        policy=op.get("policy", "anti-affinity"),
+        rules={},
+        members=[],
+    )
     group.create()
-    return {"uuid": group.uuid, "name": group.name, "policy": group.policy,
-            "project_id": group.project_id}
+    return {
+        "uuid": group.uuid,
+        "name": group.name,
+        "policy": group.policy,
+        "project_id": group.project_id,
+    }
 
 
 def op_server(ctxt, op):
@@ -154,38 +200,75 @@ def op_server(ctxt, op):
     vm_state = op.get("vm_state", vm_states.ACTIVE)
     cell = _cell1(ctxt)
     now = timeutils.utcnow()
-    user_ctxt = context.RequestContext(user_id=op["user_id"], project_id=op["project_id"],
-                                       is_admin=True)
+    user_ctxt = context.RequestContext(
+        user_id=op["user_id"], project_id=op["project_id"], is_admin=True
+    )
     with context.target_cell(user_ctxt, cell) as cctxt:
         inst = objects.Instance(
-            context=cctxt, uuid=op["uuid"], display_name=op["name"],
-            hostname=op["name"].replace("_", "-").lower(), host=op["host"],
-            node=op["host"], compute_id=host_info["compute_node_id"],
-            launched_on=op["host"], project_id=op["project_id"], user_id=op["user_id"],
-            vm_state=vm_state, power_state=POWER_STATES.get(vm_state, power_state.NOSTATE),
-            task_state=None, instance_type_id=flavor.id, memory_mb=flavor.memory_mb,
-            vcpus=flavor.vcpus, root_gb=flavor.root_gb, ephemeral_gb=flavor.ephemeral_gb,
-            flavor=flavor, old_flavor=None, new_flavor=None, image_ref="",
-            launched_at=now, availability_zone="nova", root_device_name="/dev/vda",
-            reservation_id="r-" + op["uuid"][:8], locked=False, config_drive="",
-            metadata=dict(op.get("metadata") or {}), system_metadata={},
+            context=cctxt,
+            uuid=op["uuid"],
+            display_name=op["name"],
+            hostname=op["name"].replace("_", "-").lower(),
+            host=op["host"],
+            node=op["host"],
+            compute_id=host_info["compute_node_id"],
+            launched_on=op["host"],
+            project_id=op["project_id"],
+            user_id=op["user_id"],
+            vm_state=vm_state,
+            power_state=POWER_STATES.get(vm_state, power_state.NOSTATE),
+            task_state=None,
+            instance_type_id=flavor.id,
+            memory_mb=flavor.memory_mb,
+            vcpus=flavor.vcpus,
+            root_gb=flavor.root_gb,
+            ephemeral_gb=flavor.ephemeral_gb,
+            flavor=flavor,
+            old_flavor=None,
+            new_flavor=None,
+            image_ref="",
+            launched_at=now,
+            availability_zone="nova",
+            root_device_name="/dev/vda",
+            reservation_id="r-" + op["uuid"][:8],
+            locked=False,
+            config_drive="",
+            metadata=dict(op.get("metadata") or {}),
+            system_metadata={},
             info_cache=objects.InstanceInfoCache(network_info=network_model.NetworkInfo()),
-            security_groups=objects.SecurityGroupList(objects=[]))
+            security_groups=objects.SecurityGroupList(objects=[]),
+        )
         inst.create()
-    objects.InstanceMapping(ctxt, instance_uuid=inst.uuid, cell_mapping=cell,
-                            project_id=op["project_id"], user_id=op["user_id"],
-                            queued_for_delete=False).create()
+    objects.InstanceMapping(
+        ctxt,
+        instance_uuid=inst.uuid,
+        cell_mapping=cell,
+        project_id=op["project_id"],
+        user_id=op["user_id"],
+        queued_for_delete=False,
+    ).create()
     group_uuid = None
     if op.get("server_group"):
         group = _group(ctxt, op["server_group"])
         objects.InstanceGroup.add_members(ctxt, group.uuid, [inst.uuid])
         group_uuid = group.uuid
-    return {"uuid": inst.uuid, "name": inst.display_name, "host": inst.host,
-            "flavor": flavor.name, "vm_state": inst.vm_state, "server_group": group_uuid}
+    return {
+        "uuid": inst.uuid,
+        "name": inst.display_name,
+        "host": inst.host,
+        "flavor": flavor.name,
+        "vm_state": inst.vm_state,
+        "server_group": group_uuid,
+    }
 
 
-OPS = {"cells": op_cells, "flavor": op_flavor, "host": op_host, "server_group": op_server_group,
-       "server": op_server}
+OPS = {
+    "cells": op_cells,
+    "flavor": op_flavor,
+    "host": op_host,
+    "server_group": op_server_group,
+    "server": op_server,
+}
 
 
 def main():
