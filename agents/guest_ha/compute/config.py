@@ -130,7 +130,7 @@ def _section(cls: type, raw: Any, where: str) -> Any:
         if key not in known:
             raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
         default = known[key].default
-        if value is None and default is None:
+        if value is None and (default is None or "Optional" in str(known[key].type)):
             kwargs[key] = None
             continue
         expected = type(default) if default is not None else str

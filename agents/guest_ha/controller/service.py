@@ -214,9 +214,10 @@ def build_reporters(conf: Any, transport_url: Optional[str]) -> Dict[str, Report
             from ..messaging.rpc import notifier
             from .reporters.notification import NotificationReporter
 
+            url = conf.oslo_messaging_notifications.transport_url or transport_url
             reporters[name] = NotificationReporter(
                 notifier(
-                    transport_url,
+                    url,
                     f"guest-ha-controller.{conf.guest_ha.host}",
                     conf.controller.notification_topics,
                 )
