@@ -547,3 +547,18 @@ def test_messages_encode_to_compact_json(clock):
         obj = json.loads(item)
         assert set(obj) == {"version", "source_addr", "dest_addr", "data"}
         assert b" " not in item
+
+
+def test_resume_sends_the_challenge_at_once_after_flush() -> None:
+    from guest_ha.protocol import ChannelLimits, HostChannel, HostPolicy
+    from guest_ha.protocol.messages import GUEST_TO_HOST, make
+
+    host = HostChannel(HostPolicy(), ChannelLimits(), 0.0)
+    host.connection_made(0.0)
+    init = make("heartbeat", "init", GUEST_TO_HOST, invocation_id="a", name="g", interval_ms=100)
+    host.receive_data(init.encode(), 0.0)
+    host.output_sent(len(host.pending_output()))
+    host.heartbeat.suspend(0.05, "paused")
+    host.heartbeat.resume(1.0)
+    host.flush()
+    assert b'"msg_type":"challenge"' in host.pending_output()

@@ -698,3 +698,19 @@ def test_report_fault_then_recovered_after_new_registration() -> None:
     assert [e.kind for e in hb.events][-1] == "recovered"
     with pytest.raises(ValueError):
         hb.report_fault(2.0, "bogus", "x")
+
+
+def test_first_challenge_after_resume_gets_the_resume_grace() -> None:
+    policy = HostPolicy(resume_grace_s=1.0)
+    hb = HostHeartbeat(policy, nonce_source=lambda: "0123abcd")
+    hb.connection_made(0.0)
+    hb.receive(
+        make(HEARTBEAT, "init", GUEST_TO_HOST, invocation_id="a", name="g", interval_ms=100), 0.0
+    )
+    hb.suspend(0.05, "paused")
+    hb.resume(2.0)
+    assert hb.next_deadline() == pytest.approx(3.1)  # interval + grace
+    hb.tick(2.5)
+    assert not any(e.is_fault for e in hb.events)
+    hb.tick(3.1)
+    assert [e.kind for e in hb.events if e.is_fault] == ["heartbeat_lost"]

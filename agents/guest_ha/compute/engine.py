@@ -402,6 +402,7 @@ class HeartbeatEngine:
 
     def _after_channel_activity(self, vm: VmConnection) -> None:
         channel = vm.channel
+        channel.flush()  # lifecycle calls drive the heartbeat machine directly
         if channel.server_group_inbox:
             # Server group routing is not part of this agent yet: refuse, bounded.
             inbox, channel.server_group_inbox = channel.server_group_inbox, []

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
+import time
 import weakref
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import oslo_messaging
 
@@ -92,7 +94,9 @@ def get_transport(url: Optional[str] = None) -> oslo_messaging.Transport:
     """
     conf = configure()
     with _translated("get_transport"):
-        return oslo_messaging.get_rpc_transport(conf, url=url)
+        transport = oslo_messaging.get_rpc_transport(conf, url=url)
+        _transport_hosts[transport] = _broker_hosts(url)
+    return transport
 
 
 def _check_threading(server: oslo_messaging.MessageHandlingServer) -> None:
@@ -169,27 +173,52 @@ def stop_server(server: oslo_messaging.MessageHandlingServer) -> None:
 # A topic nobody consumes: the broker drops what is sent to it.
 _WARMUP_TOPIC = "guest_ha_reply_warmup"
 
+# transport -> broker (host, port) list, recorded by get_transport().
+_transport_hosts: "weakref.WeakKeyDictionary[Any, List[Tuple[str, int]]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _broker_hosts(url: Optional[str]) -> List[Tuple[str, int]]:
+    conf = configure()
+    parsed = oslo_messaging.TransportURL.parse(conf, url)
+    return [(h.hostname or "localhost", int(h.port or 5672)) for h in parsed.hosts]
+
+
+def _broker_reachable(hosts: Sequence[Tuple[str, int]], timeout: float) -> bool:
+    if not hosts:
+        return True  # nothing to probe (driver default host): let oslo.messaging try
+    for host, port in hosts:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, timeout)):
+                return True
+        except OSError:
+            continue
+    return False
+
 
 class _ReplyQueueWarmup:
-    """Creates a transport's RPC reply queue on a helper thread.
+    """Creates a transport's RPC reply queue without letting a call hang.
 
     oslo.messaging creates the reply queue on a transport's first RPC call, on a
     connection opened with unbounded retries: with the broker down at that
     moment the call blocks until the broker comes back, whatever ``timeout`` and
-    ``retry`` say.  So the first call is preceded by a throw-away call (to a
-    topic nobody consumes, timeout 0.1 s) on a daemon thread; real calls wait
-    for it at most their connection budget and fail with ``TransportUnavailable``
-    meanwhile.  The helper keeps trying in the background (oslo.messaging's
-    reconnection back-off) until the broker is back.
+    ``retry`` say (and ``transport.cleanup()`` blocks behind it).  So before the
+    first real call: probe the broker's TCP port (bounded), and only if it
+    answers, make a throw-away call (topic nobody consumes, timeout 0.1 s) on a
+    helper thread, which sets the reply queue up; the real call waits for it
+    at most its connection budget.  If the broker dies between the probe and
+    the set-up, the helper thread stays in oslo.messaging's retry loop until the
+    broker is back; calls meanwhile fail with ``TransportUnavailable``.
     """
 
-    def __init__(self, transport: oslo_messaging.Transport) -> None:
+    def __init__(self, transport: oslo_messaging.Transport,
+                 hosts: Sequence[Tuple[str, int]]) -> None:
         self.ready = threading.Event()
+        self.hosts = list(hosts)
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._client = oslo_messaging.get_rpc_client(
-            transport, oslo_messaging.Target(topic=_WARMUP_TOPIC), timeout=0.1, retry=0
-        )
+            transport, oslo_messaging.Target(topic=_WARMUP_TOPIC), timeout=0.1, retry=0)
 
     def _run(self) -> None:
         try:
@@ -200,23 +229,20 @@ class _ReplyQueueWarmup:
             # setting it up (bad credentials) fails just as fast in real calls.
             pass
         finally:
-            self._done()
-
-    def _done(self) -> None:
-        with self._lock:
-            self._thread = None
             self.ready.set()
 
     def wait(self, timeout: float) -> bool:
         if self.ready.is_set():
             return True
+        deadline = time.monotonic() + timeout
         with self._lock:
-            if self._thread is None and not self.ready.is_set():
+            if self._thread is None:
+                if not _broker_reachable(self.hosts, min(1.0, timeout)):
+                    return False
                 self._thread = threading.Thread(
-                    target=self._run, name="guest-ha-reply-queue", daemon=True
-                )
+                    target=self._run, name="guest-ha-reply-queue", daemon=True)
                 self._thread.start()
-        return self.ready.wait(timeout)
+        return self.ready.wait(max(0.0, deadline - time.monotonic()))
 
 
 _warmups: "weakref.WeakKeyDictionary[Any, _ReplyQueueWarmup]" = weakref.WeakKeyDictionary()
@@ -227,7 +253,10 @@ def _reply_queue_ready(transport: oslo_messaging.Transport, timeout: float) -> b
     with _warmups_lock:
         warmup = _warmups.get(transport)
         if warmup is None:
-            warmup = _warmups[transport] = _ReplyQueueWarmup(transport)
+            hosts = _transport_hosts.get(transport)
+            if hosts is None:
+                hosts = _broker_hosts(None)
+            warmup = _warmups[transport] = _ReplyQueueWarmup(transport, hosts)
     return warmup.wait(timeout)
 
 

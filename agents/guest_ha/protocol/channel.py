@@ -191,6 +191,11 @@ class HostChannel:
     def take_log(self) -> List[str]:
         return self._log.take()
 
+    def flush(self) -> None:
+        """Move PDUs the heartbeat machine produced (e.g. after ``resume``) to the
+        output buffer. Call after driving ``self.heartbeat`` directly."""
+        self._flush()
+
     def _flush(self) -> None:
         if self.heartbeat.outbox:
             outbox, self.heartbeat.outbox = self.heartbeat.outbox, []

@@ -59,6 +59,9 @@ class HostPolicy:
     missed_threshold: int = 1
     restart_timeout_s: float = 60.0
     """Seconds a running VM has to (re-)register before that is a fault; 0 disables."""
+    resume_grace_s: float = 0.5
+    """Extra time to answer the first challenge after a pause or migration ends: a
+    guest that was just resumed (under TCG especially) can need a moment."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_interval_ms <= self.max_interval_ms:
@@ -67,6 +70,8 @@ class HostPolicy:
             raise ValueError("missed_threshold must be at least 1")
         if self.restart_timeout_s < 0:
             raise ValueError("restart_timeout_s must not be negative")
+        if self.resume_grace_s < 0:
+            raise ValueError("resume_grace_s must not be negative")
 
     def clamp(self, interval_ms: int) -> int:
         return max(self.min_interval_ms, min(self.max_interval_ms, interval_ms))
@@ -177,6 +182,8 @@ class HostHeartbeat:
             self.state = self.MONITORING
             self.misses = 0
             self._send_challenge(now)
+            if self._next_challenge is not None:
+                self._next_challenge += self.policy.resume_grace_s
         else:
             self.state = self.AWAITING_INIT
             self._arm_restart(now)

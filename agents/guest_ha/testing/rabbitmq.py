@@ -236,7 +236,8 @@ class RabbitMQNode:
                 "RABBITMQ_CONFIG_FILE": str(self.data_dir / "rabbitmq.conf"),
                 "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.data_dir / "advanced.config"),
                 "RABBITMQ_CONF_ENV_FILE": str(self.data_dir / "rabbitmq-env.conf"),
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS":
+                "-kernel inet_dist_use_interface {127,0,0,1}",
             }
         )
         if _is_root():
