@@ -29,7 +29,7 @@ def raise_fd_limit() -> None:
         pass
 
 
-def build_forwarder(config: Any) -> Any:
+def build_forwarder(config: Any, vm_count: Any = lambda: 0) -> Any:
     """The sink that spools events and forwards them to the controllers."""
     import os
     import socket as socketlib
@@ -48,7 +48,11 @@ def build_forwarder(config: Any) -> Any:
     conf = messaging_options.configure(link.transport_url, config_files=files)
     host = link.host or conf.guest_ha.host or socketlib.gethostname()
     client = ControllerClient(get_transport(), host)
-    return ForwardingSink(Spool(link.spool_dir), client.report, host)
+
+    def status(depth: int) -> None:
+        client.call("compute_status", timeout=5, host=host, spool_depth=depth, vms=vm_count())
+
+    return ForwardingSink(Spool(link.spool_dir), client.report, host, status=status)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -64,13 +68,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     raise_fd_limit()
     sink = build_sink(config.events.log, config.events.jsonl)
+    holder: List[Any] = []  # the engine, once built: the forwarder reports its VM count
     if config.controller.enabled:
         try:
-            sink.sinks.append(build_forwarder(config))
+            sink.sinks.append(build_forwarder(config, lambda: len(holder[0].vms) if holder else 0))
         except Exception as exc:
             print(f"guest-ha-compute: cannot set up the controller link: {exc}", file=sys.stderr)
             return 2
     engine = HeartbeatEngine(config, sink)
+    holder.append(engine)
 
     def _stop(signum: int, _frame: Any) -> None:
         logging.getLogger("guest_ha.compute").info("signal %d: stopping", signum)

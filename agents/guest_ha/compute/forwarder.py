@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable, Dict, Optional
 
 from .sinks import VmEvent
@@ -32,12 +33,18 @@ class ForwardingSink:
         *,
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 10.0,
+        status: Optional[Callable[[int], None]] = None,
+        status_interval_s: float = 30.0,
     ) -> None:
         self.spool = spool
         self.send = send
         self.compute_host = compute_host
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
+        self.status = status
+        """Reports this agent's spool depth to a controller (for its metrics)."""
+        self.status_interval_s = status_interval_s
+        self._next_status = 0.0
         self.sent = 0
         self.failures = 0
         self.last_error: Optional[str] = None
@@ -66,6 +73,16 @@ class ForwardingSink:
             self._cond.notify()
         self._thread.join(timeout=10)
 
+    def _maybe_report_status(self) -> None:
+        now = time.monotonic()
+        if self.status is None or now < self._next_status:
+            return
+        self._next_status = now + self.status_interval_s
+        try:
+            self.status(self.spool.depth)
+        except Exception as exc:  # best effort: the spool itself is what matters
+            LOG.debug("spool depth not reported: %s", exc)
+
     def _wait(self, seconds: Optional[float]) -> None:
         with self._cond:
             if self._running:
@@ -74,9 +91,10 @@ class ForwardingSink:
     def _run(self) -> None:
         backoff = self.backoff_initial_s
         while self._running:
+            self._maybe_report_status()
             entry = self.spool.oldest()
             if entry is None:
-                self._wait(None)
+                self._wait(self.status_interval_s if self.status else None)
                 continue
             try:
                 ack = self.send(entry.event)
