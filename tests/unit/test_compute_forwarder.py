@@ -25,12 +25,12 @@ class Controller:
         self.received: List[Dict[str, Any]] = []
         self.lock = threading.Lock()
 
-    def send(self, event: Dict[str, Any]) -> Dict[str, Any]:
+    def send(self, events: List[Dict[str, Any]]) -> Dict[str, Any]:
         with self.lock:
             if not self.up:
                 raise ConnectionError("broker down")
-            self.received.append(event)
-            return {"accepted": True, "key": event["idempotency_key"]}
+            self.received.extend(events)
+            return {"accepted": True, "keys": [e["idempotency_key"] for e in events]}
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:
@@ -64,7 +64,7 @@ def test_spool_is_replayed_after_an_agent_restart(tmp_path) -> None:
     down = Controller()
     first = ForwardingSink(Spool(str(tmp_path)), down.send, "c1", backoff_initial_s=0.01)
     first.emit(vm_event("heartbeat_lost"))
-    first.close()  # the agent stops before any acknowledgement
+    first.close()  # the agent stops before any acknowledgement: the event is spooled
     controller = Controller()
     controller.up = True
     second = ForwardingSink(Spool(str(tmp_path)), controller.send, "c1")
@@ -79,9 +79,9 @@ def test_wrong_acknowledgement_is_not_trusted(tmp_path) -> None:
     spool = Spool(str(tmp_path))
     calls = []
 
-    def bad_send(event: Dict[str, Any]) -> Dict[str, Any]:
-        calls.append(event)
-        return {"accepted": True, "key": "someone-else"}
+    def bad_send(events: List[Dict[str, Any]]) -> Dict[str, Any]:
+        calls.append(events)
+        return {"accepted": True, "keys": ["someone-else"]}
 
     sink = ForwardingSink(spool, bad_send, "c1", backoff_initial_s=0.01, backoff_max_s=0.02)
     try:
@@ -90,3 +90,28 @@ def test_wrong_acknowledgement_is_not_trusted(tmp_path) -> None:
         assert spool.depth == 1
     finally:
         sink.close()
+
+
+def test_emit_does_no_disk_io_and_batches_are_acknowledged_per_key(tmp_path) -> None:
+    controller = Controller()
+    controller.up = True
+    batches: List[int] = []
+    original = controller.send
+
+    def counting(events: List[Dict[str, Any]]) -> Dict[str, Any]:
+        batches.append(len(events))
+        return original(events)
+
+    spool = Spool(str(tmp_path))
+    sink = ForwardingSink(spool, counting, "c1")
+    try:
+        for i in range(50):
+            sink.emit(vm_event("unhealthy" if i % 2 else "recovered", uuid=f"u{i % 5}"))
+        wait_for(lambda: len(controller.received) == 50)
+        wait_for(lambda: spool.depth == 0)
+    finally:
+        sink.close()
+    assert sum(batches) == 50 and len(batches) < 50  # sent in batches
+    assert [e["kind"] for e in controller.received] == [
+        "unhealthy" if i % 2 else "recovered" for i in range(50)
+    ]

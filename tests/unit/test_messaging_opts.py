@@ -19,8 +19,13 @@ from guest_ha.messaging import options
 
 pytestmark = pytest.mark.unit
 
-GUEST_HA_NAMES = {"host", "controller_topic", "compute_topic_prefix", "rpc_timeout_s",
-                  "rpc_connect_retries"}
+GUEST_HA_NAMES = {
+    "host",
+    "controller_topic",
+    "compute_topic_prefix",
+    "rpc_timeout_s",
+    "rpc_connect_retries",
+}
 
 
 def test_register_opts_is_idempotent_on_global_conf() -> None:
@@ -91,13 +96,17 @@ def test_listed_opts_are_copies() -> None:
 
 def _entry_point_installed(name: str) -> bool:
     eps = importlib.metadata.entry_points()
-    selected = (eps.select(group="oslo.config.opts") if hasattr(eps, "select")
-                else eps.get("oslo.config.opts", []))
+    selected = (
+        eps.select(group="oslo.config.opts")
+        if hasattr(eps, "select")
+        else eps.get("oslo.config.opts", [])
+    )
     return any(ep.name == name for ep in selected)
 
 
-@pytest.mark.parametrize("namespace,extra", [("guest_ha.compute", None),
-                                             ("guest_ha.controller", "notification_retries")])
+@pytest.mark.parametrize(
+    "namespace,extra", [("guest_ha.compute", None), ("guest_ha.controller", "notification_retries")]
+)
 def test_oslo_config_generator(namespace: str, extra, tmp_path: Path) -> None:
     """The real ``oslo-config-generator`` CLI. Where the project's entry points are
     not installed yet, an equivalent dist-info on PYTHONPATH declares them."""
@@ -109,23 +118,37 @@ def test_oslo_config_generator(namespace: str, extra, tmp_path: Path) -> None:
         dist = tmp_path / "site" / "guest_ha_opts_probe-0.0.dist-info"
         dist.mkdir(parents=True)
         (dist / "METADATA").write_text(
-            "Metadata-Version: 2.1\nName: guest-ha-opts-probe\nVersion: 0.0\n")
-        (dist / "entry_points.txt").write_text(textwrap.dedent("""\
+            "Metadata-Version: 2.1\nName: guest-ha-opts-probe\nVersion: 0.0\n"
+        )
+        (dist / "entry_points.txt").write_text(
+            textwrap.dedent("""\
             [oslo.config.opts]
             guest_ha.compute = guest_ha.messaging.options:list_compute_opts
             guest_ha.controller = guest_ha.messaging.options:list_controller_opts
-            """))
+            """)
+        )
         env["PYTHONPATH"] = str(dist.parent)
     out = tmp_path / "sample.conf"
-    res = subprocess.run([str(generator), "--namespace", namespace, "--output-file", str(out)],
-                         env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [str(generator), "--namespace", namespace, "--output-file", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     text = out.read_text()
-    for needle in ("[DEFAULT]", "[guest_ha]", "[oslo_messaging_rabbit]",
-                   "[oslo_messaging_notifications]", "#transport_url = rabbit://",
-                   "#controller_topic = guest_ha_controller",
-                   "#compute_topic_prefix = guest_ha_compute",
-                   "#host = <hostname of this machine>", "#rpc_timeout_s = 5.0"):
+    for needle in (
+        "[DEFAULT]",
+        "[guest_ha]",
+        "[oslo_messaging_rabbit]",
+        "[oslo_messaging_notifications]",
+        "#transport_url = rabbit://",
+        "#controller_topic = guest_ha_controller",
+        "#compute_topic_prefix = guest_ha_compute",
+        "#host = <hostname of this machine>",
+        "#rpc_timeout_s = 5.0",
+    ):
         assert needle in text, needle
     assert "[oslo_messaging_kafka]" not in text
     assert ("#notification_retries = 1" in text) == (extra is not None)

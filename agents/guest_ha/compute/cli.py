@@ -52,7 +52,13 @@ def build_forwarder(config: Any, vm_count: Any = lambda: 0) -> Any:
     def status(depth: int) -> None:
         client.call("compute_status", timeout=5, host=host, spool_depth=depth, vms=vm_count())
 
-    return ForwardingSink(Spool(link.spool_dir), client.report, host, status=status)
+    def send_batch(events: List[Dict[str, Any]]) -> Dict[str, Any]:
+        ack = client.call("report_events", events=events)
+        if not isinstance(ack, dict):
+            raise RuntimeError(f"controller answered {ack!r}")
+        return ack
+
+    return ForwardingSink(Spool(link.spool_dir), send_batch, host, status=status)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -1,34 +1,39 @@
 """Forwards events to the controllers without ever losing one.
 
-:class:`ForwardingSink` is the engine's event sink: it writes each event to the
-durable :class:`~guest_ha.compute.spool.Spool` (in the engine thread; only a
-few events per second at most) and a sender thread delivers the spool in
-order, removing an entry only when a controller has acknowledged it. After an
-agent restart or a broker outage, the spool is simply replayed.
+:class:`ForwardingSink` is the engine's event sink. ``emit`` only queues the
+event in memory, so the heartbeat loop never waits for a disk. The forwarder
+thread writes queued events to the durable :class:`~guest_ha.compute.spool.Spool`
+(fsync) *before* sending anything, then sends the spool in order, in batches,
+and removes entries only when a controller has acknowledged them. After an
+agent restart or a broker outage the spool is simply replayed.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 from .sinks import VmEvent
-from .spool import Spool, SpoolFull
+from .spool import Spool, SpoolEntry, SpoolFull
 
 LOG = logging.getLogger("guest_ha.compute.forwarder")
 
-Send = Callable[[Dict[str, Any]], Dict[str, Any]]
-"""Delivers one event to a controller and returns its acknowledgement; raises
-on failure (any exception means "not acknowledged, try again later")."""
+SendBatch = Callable[[List[Dict[str, Any]]], Dict[str, Any]]
+"""Delivers events to a controller and returns its acknowledgement
+``{"accepted": True, "keys": [...]}``; raises on failure (any exception means
+"not acknowledged, try again later")."""
+
+MAX_BATCH = 64
 
 
 class ForwardingSink:
     def __init__(
         self,
         spool: Spool,
-        send: Send,
+        send_batch: SendBatch,
         compute_host: str,
         *,
         backoff_initial_s: float = 0.2,
@@ -37,7 +42,7 @@ class ForwardingSink:
         status_interval_s: float = 30.0,
     ) -> None:
         self.spool = spool
-        self.send = send
+        self.send_batch = send_batch
         self.compute_host = compute_host
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
@@ -48,6 +53,7 @@ class ForwardingSink:
         self.sent = 0
         self.failures = 0
         self.last_error: Optional[str] = None
+        self._incoming: Deque[Dict[str, Any]] = collections.deque()
         self._cond = threading.Condition()
         self._running = True
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
@@ -56,22 +62,37 @@ class ForwardingSink:
     def emit(self, event: VmEvent) -> None:
         body = event.to_dict()
         body["compute_host"] = self.compute_host
-        try:
-            entry = self.spool.append(body)
-        except SpoolFull:
-            LOG.critical(
-                "[instance %s] spool full: %s event NOT stored", event.instance_uuid, event.kind
-            )
-            raise
-        LOG.debug("[instance %s] spooled %s as %s", event.instance_uuid, event.kind, entry.key)
         with self._cond:
+            self._incoming.append(body)
             self._cond.notify()
 
     def close(self) -> None:
+        """Stop; events already emitted are spooled first (they are never dropped)."""
         with self._cond:
             self._running = False
             self._cond.notify()
         self._thread.join(timeout=10)
+        self._spool_incoming()
+
+    def _wait(self, seconds: Optional[float]) -> None:
+        with self._cond:
+            if self._running and not self._incoming:
+                self._cond.wait(timeout=seconds)
+
+    def _spool_incoming(self) -> None:
+        while True:
+            with self._cond:
+                if not self._incoming:
+                    return
+                body = self._incoming.popleft()
+            try:
+                self.spool.append(body)
+            except SpoolFull:
+                LOG.critical(
+                    "[instance %s] spool full: %s event NOT stored",
+                    body.get("instance_uuid"),
+                    body.get("kind"),
+                )
 
     def _maybe_report_status(self) -> None:
         now = time.monotonic()
@@ -83,30 +104,23 @@ class ForwardingSink:
         except Exception as exc:  # best effort: the spool itself is what matters
             LOG.debug("spool depth not reported: %s", exc)
 
-    def _wait(self, seconds: Optional[float]) -> None:
-        with self._cond:
-            if self._running:
-                self._cond.wait(timeout=seconds)
-
     def _run(self) -> None:
         backoff = self.backoff_initial_s
         while self._running:
+            self._spool_incoming()
             self._maybe_report_status()
-            entry = self.spool.oldest()
-            if entry is None:
+            batch = self.spool.pending()[:MAX_BATCH]
+            if not batch:
                 self._wait(self.status_interval_s if self.status else None)
                 continue
             try:
-                ack = self.send(entry.event)
-                if not isinstance(ack, dict) or ack.get("key") != entry.key:
-                    raise RuntimeError(f"unexpected acknowledgement {ack!r}")
+                self._send(batch)
             except Exception as exc:
                 self.failures += 1
                 if self.last_error != str(exc):
                     LOG.warning(
-                        "[instance %s] %s not acknowledged yet (%d spooled): %s",
-                        entry.event.get("instance_uuid"),
-                        entry.event.get("kind"),
+                        "%d event(s) not acknowledged yet (%d spooled): %s",
+                        len(batch),
                         self.spool.depth,
                         exc,
                     )
@@ -118,5 +132,17 @@ class ForwardingSink:
                 LOG.info("controller reachable again; %d event(s) to replay", self.spool.depth)
                 self.last_error = None
             backoff = self.backoff_initial_s
-            self.spool.ack(entry)
-            self.sent += 1
+
+    def _send(self, batch: List[SpoolEntry]) -> None:
+        ack = self.send_batch([entry.event for entry in batch])
+        keys = ack.get("keys") if isinstance(ack, dict) else None
+        if not ack.get("accepted") or not isinstance(keys, list):
+            raise RuntimeError(f"unexpected acknowledgement {ack!r}")
+        acked = set(keys)
+        # Acknowledgements are per key; anything not acknowledged stays spooled.
+        for entry in batch:
+            if entry.key in acked:
+                self.spool.ack(entry)
+                self.sent += 1
+        if len(acked & {e.key for e in batch}) != len(batch):
+            raise RuntimeError("controller acknowledged only part of the batch")

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from .dispatcher import Dispatcher
 from .reporters import Reporter
@@ -69,6 +69,46 @@ class ControllerEndpoint:
             )
             self.service.dispatcher.wake()
         return {"accepted": True, "key": event["idempotency_key"], "duplicate": not fresh}
+
+    def report_events(self, ctxt: Dict[str, Any], events: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """Persist a batch of events in one transaction, then acknowledge them."""
+        good = [
+            e
+            for e in events
+            if isinstance(e, dict) and all(isinstance(e.get(k), str) for k in REQUIRED_EVENT_KEYS)
+        ]
+        if len(good) != len(events):
+            LOG.error("refused %d malformed event(s) in a batch", len(events) - len(good))
+        by_host: Dict[str, List[Dict[str, Any]]] = {}
+        for event in good:
+            host = str(event.get("compute_host") or (ctxt or {}).get("host") or "unknown")
+            by_host.setdefault(host, []).append(event)
+        for host, batch in by_host.items():
+            fresh = self.service.store.accept_many(batch, self.service.reporter_names, host)
+            self.service.computes.seen(host)
+            with self.service.computes.lock:
+                self.service.computes.hosts[host]["events"] += len(batch)
+            for event, new in zip(batch, fresh):
+                if new:
+                    LOG.info(
+                        "[instance %s] %s from %s accepted (%s)",
+                        event["instance_uuid"],
+                        event["kind"],
+                        host,
+                        event["idempotency_key"],
+                    )
+        self.service.dispatcher.wake()
+        # Malformed events are acknowledged as refused: retrying cannot fix them.
+        refused = [
+            e.get("idempotency_key")
+            for e in events
+            if isinstance(e, dict) and e not in good and isinstance(e.get("idempotency_key"), str)
+        ]
+        return {
+            "accepted": True,
+            "keys": [e["idempotency_key"] for e in good] + refused,
+            "refused": refused,
+        }
 
     def compute_status(
         self, ctxt: Dict[str, Any], host: str, spool_depth: int, vms: int

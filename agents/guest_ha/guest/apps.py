@@ -1,7 +1,17 @@
 """Local app health API: a UNIX stream socket speaking newline-delimited JSON.
 
 Each request is one JSON object on one line with an ``op`` key; each gets exactly
-one JSON object line back, ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``.
+one JSON object line back, ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``,
+in request order. A request may carry an ``id`` (string or integer), which its
+reply echoes. An op may answer later (:data:`DEFER`, then :meth:`AppServer.complete`);
+the connection's further requests wait until it has.
+
+Besides replies the server may *push* lines to a client (:meth:`AppServer.push`):
+objects with a ``push`` key and never an ``ok`` key, so a client tells them apart
+from replies even when one arrives while it waits for a reply. Pushes are queued
+per client, bounded; when the client does not read, the oldest are dropped and
+counted, and the next push delivered is preceded by ``{"push":"dropped","count":N}``.
+
 Ops live in a table (:attr:`AppServer.ops`) so more can be added with
 :meth:`AppServer.add_op`. Everything is bounded: line length, clients, apps and
 per-client output. A misbehaving client is answered with an error or dropped;
@@ -13,18 +23,28 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import re
 import select
 import socket
 import stat
+import struct
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-MAX_LINE_BYTES = 4096
+MAX_LINE_BYTES = 16 * 1024
+"""Longest request line. Room for a 3050-byte broadcast even when the client
+escapes every non-ASCII character (``\\uXXXX``) or pretty-prints a little."""
 MAX_CLIENTS = 64
 MAX_APPS = 64
 MAX_CLIENT_OUTPUT = 256 * 1024
+MAX_PUSHES = 256
+"""Pushes queued for one client that does not read; beyond it the oldest are dropped."""
+MAX_PUSH_BYTES = 512 * 1024
+PUSH_CHUNK_BYTES = 16 * 1024
+MAX_ID_CHARS = 64
 MAX_REASON_CHARS = 256
 MAX_TIMEOUT_MS = 86400000
 MIN_TIMEOUT_MS = 100
@@ -34,7 +54,52 @@ SOCKET_MODE = 0o660
 
 
 class ApiError(Exception):
-    """A request the API refuses; the message goes back as ``error``."""
+    """A request the API refuses; the message goes back as ``error``.
+
+    ``code`` (optional) goes back as ``code``, a stable word a client can act on;
+    ``extra`` fields are added to the error reply as they are.
+    """
+
+    def __init__(self, message: str, code: Optional[str] = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.extra = extra
+
+    def reply(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"ok": False, "error": str(self)}
+        if self.code:
+            out["code"] = self.code
+        for key, value in self.extra.items():
+            out.setdefault(key, value)
+        return out
+
+
+DEFER = object()
+"""Returned by an op handler that answers later with :meth:`AppServer.complete`."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"JSON constant {name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def parse_request(line: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity, no overflowing numbers, no lone surrogates.
+
+    Whatever an app sends may end up on the channel, whose receivers reject all of
+    these (docs/protocol.md section 4.3). Raises ValueError.
+    """
+    text = line.decode("utf-8")
+    value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    if "\\u" in text:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # UnicodeEncodeError: surrogate
+    return value
 
 
 @dataclass
@@ -169,19 +234,41 @@ class AppRegistry:
         return [self.apps[n].as_dict(now) for n in sorted(self.apps)]
 
 
+def peer_pid(sock: socket.socket) -> Optional[int]:
+    """The connecting process's pid (Linux ``SO_PEERCRED``), or None."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
+    except (AttributeError, OSError, struct.error):
+        return None
+    return pid if pid > 0 else None
+
+
 class Client:
     """One connection to the app socket."""
 
-    def __init__(self, sock: socket.socket, client_id: int) -> None:
+    def __init__(self, sock: socket.socket, client_id: int, pid: Optional[int] = None) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.id = client_id
+        self.pid = pid
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.closing = False
+        self.alive = True
+        self.waiting = False
+        """A deferred reply is outstanding; later requests wait (in order) until it is sent."""
+        self.waiting_id: Any = None
+        self.pushes: Deque[bytes] = deque()
+        self.push_bytes = 0
+        self.pushes_dropped = 0
+        self._dropped_unreported = 0
+
+    def describe(self) -> str:
+        return f"client {self.id}" + (f" (pid {self.pid})" if self.pid else "")
 
 
-Handler = Callable[[Client, Dict[str, Any], float], Dict[str, Any]]
+Handler = Callable[[Client, Dict[str, Any], float], Any]
 
 
 def _bool(req: Dict[str, Any], key: str) -> bool:
@@ -219,16 +306,78 @@ class AppServer:
         self.sock: Optional[socket.socket] = None
         self.clients: Dict[int, Client] = {}
         self._next_id = 1
-        self.counters = {"connections": 0, "rejected": 0, "requests": 0, "errors": 0}
+        self.counters = {
+            "connections": 0,
+            "rejected": 0,
+            "requests": 0,
+            "errors": 0,
+            "pushes": 0,
+            "pushes_dropped": 0,
+        }
         self.ops: Dict[str, Handler] = {}
+        self._gone_hooks: List[Callable[[Client, float], None]] = []
         self.add_op("register", self._op_register)
         self.add_op("report", self._op_report)
         self.add_op("unregister", self._op_unregister)
         self.add_op("status", self._op_status)
 
     def add_op(self, name: str, handler: Handler) -> None:
-        """Register (or replace) the handler of one ``op``."""
+        """Register (or replace) the handler of one ``op``.
+
+        The handler gets ``(client, request, now)`` and returns the reply's fields,
+        raises :class:`ApiError`, or returns :data:`DEFER` and later calls
+        :meth:`complete` exactly once for that client.
+        """
         self.ops[name] = handler
+
+    def add_client_gone_hook(self, hook: Callable[[Client, float], None]) -> None:
+        """Call ``hook(client, now)`` whenever a client connection goes away."""
+        self._gone_hooks.append(hook)
+
+    # -- replies sent later, and pushes ----------------------------------------------
+    def complete(self, client: Client, result: Any, now: float) -> None:
+        """Send the deferred reply of ``client``: reply fields (dict) or an ApiError.
+
+        Then the client's requests that arrived meanwhile are processed.
+        """
+        if not client.alive or not client.waiting:
+            return
+        if isinstance(result, ApiError):
+            self.counters["errors"] += 1
+            reply = result.reply()
+        else:
+            reply = {"ok": True}
+            reply.update(result)
+        if client.waiting_id is not None:
+            reply["id"] = client.waiting_id
+        client.waiting, client.waiting_id = False, None
+        self._queue(client, reply)
+        self._process_lines(client, now)
+
+    def push(self, client: Client, message: Dict[str, Any]) -> bool:
+        """Queue one push line (``message`` must have a ``push`` key) for ``client``.
+
+        Never blocks: when the client has too many unread pushes, the oldest go.
+        """
+        if not client.alive:
+            return False
+        line = self._encode(message)
+        client.pushes.append(line)
+        client.push_bytes += len(line)
+        self.counters["pushes"] += 1
+        while len(client.pushes) > MAX_PUSHES or client.push_bytes > MAX_PUSH_BYTES:
+            old = client.pushes.popleft()
+            client.push_bytes -= len(old)
+            client.pushes_dropped += 1
+            client._dropped_unreported += 1
+            self.counters["pushes_dropped"] += 1
+        return True
+
+    def flush(self, now: float) -> None:
+        """Try to write every client's pending output now (non-blocking)."""
+        for client in list(self.clients.values()):
+            if client.alive and (client.outbuf or client.pushes):
+                self._write(client, now)
 
     # -- socket life cycle -------------------------------------------------------------
     def start(self) -> None:
@@ -285,8 +434,8 @@ class AppServer:
         if self.sock is not None:
             fds.append((self.sock.fileno(), select.POLLIN))
         for c in self.clients.values():
-            events = 0 if c.closing else select.POLLIN
-            if c.outbuf:
+            events = 0 if (c.closing or c.waiting) else select.POLLIN
+            if c.outbuf or c.pushes:
                 events |= select.POLLOUT
             fds.append((c.fd, events))
         return fds
@@ -306,6 +455,8 @@ class AppServer:
                 self._read(client, now)
             if fd in self.clients and (revents & select.POLLOUT or client.outbuf):
                 self._write(client, now)
+            if client.waiting and len(client.inbuf) > MAX_CLIENT_OUTPUT:
+                self._fatal(client, "too many requests sent while one is pending")
             hangup = revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL)
             if fd in self.clients and hangup and (client.closing or not client.outbuf):
                 self._drop(client, now)
@@ -334,7 +485,7 @@ class AppServer:
                 sock.close()
                 continue
             self.counters["connections"] += 1
-            client = Client(sock, self._next_id)
+            client = Client(sock, self._next_id, peer_pid(sock))
             self._next_id += 1
             self.clients[client.fd] = client
 
@@ -349,7 +500,10 @@ class AppServer:
             self._drop(client, now)
             return
         client.inbuf += data
-        while not client.closing:
+        self._process_lines(client, now)
+
+    def _process_lines(self, client: Client, now: float) -> None:
+        while not client.closing and not client.waiting and client.alive:
             nl = client.inbuf.find(b"\n")
             if nl < 0:
                 if len(client.inbuf) > MAX_LINE_BYTES:
@@ -361,7 +515,9 @@ class AppServer:
                 self._fatal(client, f"request line longer than {MAX_LINE_BYTES} bytes")
                 break
             if line.strip():
-                self._queue(client, self.dispatch(client, line, now))
+                reply = self.dispatch(client, line, now)
+                if reply is not None:
+                    self._queue(client, reply)
 
     def _fatal(self, client: Client, error: str) -> None:
         self.counters["errors"] += 1
@@ -372,8 +528,22 @@ class AppServer:
     def _queue(self, client: Client, reply: Dict[str, Any]) -> None:
         client.outbuf += self._encode(reply)
 
+    def _refill(self, client: Client) -> None:
+        """Move queued pushes to the output buffer once the replies before them are out."""
+        if client._dropped_unreported and client.pushes:
+            client.outbuf += self._encode({"push": "dropped", "count": client._dropped_unreported})
+            client._dropped_unreported = 0
+        while client.pushes and len(client.outbuf) < PUSH_CHUNK_BYTES:
+            line = client.pushes.popleft()
+            client.push_bytes -= len(line)
+            client.outbuf += line
+
     def _write(self, client: Client, now: float) -> None:
-        while client.outbuf:
+        while True:
+            if not client.outbuf:
+                self._refill(client)
+                if not client.outbuf:
+                    break
             try:
                 sent = client.sock.send(client.outbuf)
             except (BlockingIOError, InterruptedError):
@@ -389,9 +559,19 @@ class AppServer:
             self._drop(client, now)
 
     def _drop(self, client: Client, now: float, quiet: bool = False) -> None:
-        self.clients.pop(client.fd, None)
+        if self.clients.get(client.fd) is client:
+            del self.clients[client.fd]
+        was_alive, client.alive = client.alive, False
+        client.pushes.clear()
+        client.push_bytes = 0
         if not quiet:
             self.registry.client_gone(client.id)
+        if was_alive:
+            for hook in self._gone_hooks:
+                try:
+                    hook(client, now)
+                except Exception:  # a hook must not keep the client around
+                    self.log.exception("app client %d: clean-up hook failed", client.id)
         try:
             client.sock.close()
         except OSError:
@@ -402,16 +582,25 @@ class AppServer:
         return json.dumps(reply, separators=(",", ":"), default=str).encode("utf-8") + b"\n"
 
     # -- requests -----------------------------------------------------------------------
-    def dispatch(self, client: Client, line: bytes, now: float) -> Dict[str, Any]:
-        """Decode one request line and run its op; always return a reply."""
+    def dispatch(self, client: Client, line: bytes, now: float) -> Optional[Dict[str, Any]]:
+        """Decode one request line and run its op; return the reply, or None if the
+        op deferred it (the client then waits, see :meth:`complete`)."""
         self.counters["requests"] += 1
+        req_id: Any = None
         try:
             try:
-                req = json.loads(line.decode("utf-8"))
-            except (ValueError, RecursionError):
+                req = parse_request(line)
+            except (ValueError, RecursionError):  # UnicodeError is a ValueError
                 raise ApiError("request is not valid UTF-8 JSON") from None
             if not isinstance(req, dict):
                 raise ApiError("request must be a JSON object")
+            req_id = req.get("id")
+            if req_id is not None and not (
+                (isinstance(req_id, int) and not isinstance(req_id, bool))
+                or (isinstance(req_id, str) and len(req_id) <= MAX_ID_CHARS)
+            ):
+                req_id = None
+                raise ApiError(f"id must be an integer or a string of at most {MAX_ID_CHARS}")
             op = req.get("op")
             if not isinstance(op, str):
                 raise ApiError("request lacks a string 'op'")
@@ -419,16 +608,21 @@ class AppServer:
             if handler is None:
                 raise ApiError(f"unknown op {op[:64]!r} (known: {', '.join(sorted(self.ops))})")
             reply = handler(client, req, now)
+            if reply is DEFER:
+                client.waiting, client.waiting_id = True, req_id
+                return None
             out: Dict[str, Any] = {"ok": True}
             out.update(reply)
-            return out
         except ApiError as exc:
             self.counters["errors"] += 1
-            return {"ok": False, "error": str(exc)}
+            out = exc.reply()
         except Exception:
             self.counters["errors"] += 1
             self.log.exception("app API request failed")
-            return {"ok": False, "error": "internal error"}
+            out = {"ok": False, "error": "internal error"}
+        if req_id is not None:
+            out["id"] = req_id
+        return out
 
     def _op_register(self, client: Client, req: Dict[str, Any], now: float) -> Dict[str, Any]:
         name = req.get("name")

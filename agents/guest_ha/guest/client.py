@@ -74,17 +74,20 @@ class HealthClient:
         line = json.dumps(req, separators=(",", ":")).encode("utf-8") + b"\n"
         try:
             self._sock.sendall(line)
-            reply = self._read_line()
+            while True:
+                reply = self._read_line()
+                try:
+                    obj = json.loads(reply.decode("utf-8"))
+                except ValueError:
+                    raise HealthApiError("daemon sent a reply that is not JSON") from None
+                if not isinstance(obj, dict):
+                    raise HealthApiError("daemon sent a reply that is not a JSON object")
+                if "push" not in obj:  # pushes (server group) are not for this client
+                    break
         except socket.timeout:
             raise DaemonUnavailable(f"no reply from {self.path} in time") from None
         except OSError as exc:
             raise DaemonUnavailable(f"connection to {self.path} failed: {exc}") from None
-        try:
-            obj = json.loads(reply.decode("utf-8"))
-        except ValueError:
-            raise HealthApiError("daemon sent a reply that is not JSON") from None
-        if not isinstance(obj, dict):
-            raise HealthApiError("daemon sent a reply that is not a JSON object")
         if not obj.get("ok"):
             raise HealthApiError(str(obj.get("error") or "request failed"))
         return obj
@@ -187,6 +190,11 @@ def format_status(reply: Dict[str, Any]) -> str:
         lines.append(
             f"  {c.get('name')}: {_fmt_health(c.get('healthy'), c.get('reason', ''))}{running}"
         )
+    sg = reply.get("server_group")
+    if isinstance(sg, dict):
+        owner = sg.get("owner")
+        who = "none" if not owner else f"client {owner.get('client')} (pid {owner.get('pid')})"
+        lines.append(f"server group: subscriber {who}")
     apps = reply.get("apps", [])
     lines.append(f"apps:       {len(apps)}")
     for a in apps:

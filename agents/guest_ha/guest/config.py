@@ -104,6 +104,19 @@ OPTIONS: List[Option] = [
     Option("check_interval_ms", _int_range(100, 3600000), 1000, "how often checks run"),
     Option("check_timeout_ms", _int_range(100, 3600000), 2000, "per-check time limit"),
     Option("app_socket", _path, DEFAULT_APP_SOCKET, "UNIX socket of the app health API", "PATH"),
+    Option(
+        "sg_status_timeout_ms",
+        _int_range(100, 60000),
+        5000,
+        "default time limit of a server group status query",
+    ),
+    Option(
+        "sg_rate_per_s",
+        _int_range(1, 10000),
+        50,
+        "server group PDUs per second the daemon sends (match the host's limit)",
+    ),
+    Option("sg_burst", _int_range(1, 10000), 100, "burst of the server group rate limit"),
     Option("log", _choice(*LOG_TARGETS), "stderr", "stderr or syslog"),
     Option("log_level", _choice(*LOG_LEVELS), "info", "debug, info, warning or error"),
 ]
@@ -124,6 +137,9 @@ class GuestdConfig:
     check_interval_ms: int = 1000
     check_timeout_ms: int = 2000
     app_socket: str = DEFAULT_APP_SOCKET
+    sg_status_timeout_ms: int = 5000
+    sg_rate_per_s: int = 50
+    sg_burst: int = 100
     log: str = "stderr"
     log_level: str = "info"
     config_path: Optional[str] = None

@@ -4,7 +4,8 @@ A thin, single-threaded I/O shell around :class:`GuestChannel` and
 :class:`GuestHeartbeat`: one ``select.poll`` loop drives the port, the app API
 socket, the check scripts' pipes and a signal wake-up pipe. Challenges are
 answered at once from the cached combined health; checks run on their own
-schedule and never delay an answer.
+schedule and never delay an answer. Server group PDUs are relayed between the
+channel and the app API by :class:`ServerGroupRelay`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..protocol.messages import HEALTHY, MAX_REASON_CHARS, UNHEALTHY
 from .apps import AppRegistry, AppServer
 from .checks import CheckRunner
 from .config import ConfigError, GuestdConfig, parse_command_line
+from .sg import ServerGroupRelay
 from .transport import PortLink, port_opener
 
 PROG = "guest-ha-guestd"
@@ -110,12 +112,21 @@ class GuestDaemon:
         )
         self.registry = AppRegistry(log)
         self.server = AppServer(config.app_socket, self.registry, self.status, log)
+        self.sg = ServerGroupRelay(
+            self.channel,
+            self.server,
+            log,
+            now,
+            host_connected=lambda: self.link.state == PortLink.CONNECTED,
+            status_timeout_s=config.sg_status_timeout_ms / 1000.0,
+            rate=float(config.sg_rate_per_s),
+            burst=float(config.sg_burst),
+        )
         self.stop_reason: Optional[str] = None
         self._wake_r = -1
         self._wake_w = -1
         self._last_health: Tuple[str, str] = (HEALTHY, "")
         self._last_state = self.heartbeat.state
-        self._server_group_dropped = 0
 
     # -- signals -----------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -178,10 +189,11 @@ class GuestDaemon:
             },
             "health": {"health": hb.health, "healthy": hb.health == HEALTHY, "reason": hb.reason},
             "checks": self.checks.status(now),
+            "server_group": self.sg.status(now),
             "counters": {
                 "challenges_answered": hb.challenges_answered,
                 "bad_frames_from_host": self.channel.bad_frames,
-                "server_group_dropped": self._server_group_dropped,
+                "server_group_dropped": self.sg.counters["dropped_no_owner"],
                 "port": dict(self.link.counters),
                 "checks": dict(self.checks.counters),
             },
@@ -231,6 +243,7 @@ class GuestDaemon:
             self.link.next_deadline(),
             self.checks.next_deadline(now),
             self.registry.next_deadline(now),
+            self.sg.next_deadline(),
         ]
         return min(t for t in times if t is not None)
 
@@ -269,7 +282,10 @@ class GuestDaemon:
             self.link.handle(port_events, now)
         self.link.tick(now)
         self.channel.tick(now)
+        self.sg.process(now)
+        self.sg.tick(now)
         self.link.flush(now)
+        self.server.flush(now)
         self._after_step()
 
     def _drain_wake(self, fd: int, revents: int, now: float) -> None:
@@ -280,14 +296,6 @@ class GuestDaemon:
             pass
 
     def _after_step(self) -> None:
-        if self.channel.server_group_inbox:
-            # Server group messaging is not served yet; keep memory bounded.
-            self._server_group_dropped += len(self.channel.server_group_inbox)
-            self.log.debug(
-                "dropped %d server group message(s): not supported yet",
-                len(self.channel.server_group_inbox),
-            )
-            self.channel.server_group_inbox.clear()
         for line in self.channel.take_log():
             self.log.info("heartbeat: %s", line)
         if self.heartbeat.state != self._last_state:

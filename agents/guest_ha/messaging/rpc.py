@@ -175,7 +175,8 @@ _WARMUP_TOPIC = "guest_ha_reply_warmup"
 
 # transport -> broker (host, port) list, recorded by get_transport().
 _transport_hosts: "weakref.WeakKeyDictionary[Any, List[Tuple[str, int]]]" = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 
 
 def _broker_hosts(url: Optional[str]) -> List[Tuple[str, int]]:
@@ -211,14 +212,16 @@ class _ReplyQueueWarmup:
     broker is back; calls meanwhile fail with ``TransportUnavailable``.
     """
 
-    def __init__(self, transport: oslo_messaging.Transport,
-                 hosts: Sequence[Tuple[str, int]]) -> None:
+    def __init__(
+        self, transport: oslo_messaging.Transport, hosts: Sequence[Tuple[str, int]]
+    ) -> None:
         self.ready = threading.Event()
         self.hosts = list(hosts)
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._client = oslo_messaging.get_rpc_client(
-            transport, oslo_messaging.Target(topic=_WARMUP_TOPIC), timeout=0.1, retry=0)
+            transport, oslo_messaging.Target(topic=_WARMUP_TOPIC), timeout=0.1, retry=0
+        )
 
     def _run(self) -> None:
         try:
@@ -240,7 +243,8 @@ class _ReplyQueueWarmup:
                 if not _broker_reachable(self.hosts, min(1.0, timeout)):
                     return False
                 self._thread = threading.Thread(
-                    target=self._run, name="guest-ha-reply-queue", daemon=True)
+                    target=self._run, name="guest-ha-reply-queue", daemon=True
+                )
                 self._thread.start()
         return self.ready.wait(max(0.0, deadline - time.monotonic()))
 

@@ -153,7 +153,12 @@ class NotificationCollector:
     ) -> None:
         if event_type.startswith("guest_ha."):
             self.got.append(
-                {"event_type": event_type, "publisher_id": publisher_id, "payload": payload}
+                {
+                    "event_type": event_type,
+                    "publisher_id": publisher_id,
+                    "payload": payload,
+                    "received_at": time.monotonic(),
+                }
             )
 
     error = warn = info

@@ -73,6 +73,8 @@ _RESERVED_PORTS = frozenset({4369, 5671, 5672, 15672, 25672, *range(35672, 35683
 # Below the kernel's ephemeral range (32768-60999 on Linux), so an outgoing
 # connection cannot grab a node's port while the node restarts.
 _PORT_RANGE = (20000, 32000)
+# Erlang distribution listens on loopback only.
+_DIST_LOOPBACK_ONLY = "-kernel inet_dist_use_interface {127,0,0,1}"
 
 
 class RabbitMQError(RuntimeError):
@@ -236,8 +238,7 @@ class RabbitMQNode:
                 "RABBITMQ_CONFIG_FILE": str(self.data_dir / "rabbitmq.conf"),
                 "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.data_dir / "advanced.config"),
                 "RABBITMQ_CONF_ENV_FILE": str(self.data_dir / "rabbitmq-env.conf"),
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS":
-                "-kernel inet_dist_use_interface {127,0,0,1}",
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": _DIST_LOOPBACK_ONLY,
             }
         )
         if _is_root():

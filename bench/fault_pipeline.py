@@ -1,0 +1,164 @@
+"""Latency and exactly-once delivery of faults from a compute agent to the
+reporters, over a real RabbitMQ node.
+
+Simulated VMs (in this process) toggle their health; the real compute agent
+spools and forwards each event; a real controller process reports it. For the
+``notification`` reporter the latency is measured to the moment a listener in
+this process receives it; with ``--nova``, the ``nova`` reporter calls a real
+nova-api (Keystone-authenticated) and its latency is to the completed
+``os-resetState`` call, read from the controller's store.
+
+    python bench/fault_pipeline.py --faults 200 [--nova]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections import Counter
+
+import _bench
+from guest_ha.sim import VmSimulator
+from guest_ha.sim.harness import EngineProcess, wait_until
+from guest_ha.testing.controller import ControllerProcess, NotificationCollector
+from guest_ha.testing.rabbitmq import RabbitMQNode
+
+
+def wall(ts: str) -> float:
+    return (
+        datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ")
+        .replace(tzinfo=datetime.timezone.utc)
+        .timestamp()
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--faults", type=int, default=100, help="fault events to send")
+    parser.add_argument("--vms", type=int, default=10)
+    parser.add_argument("--nova", action="store_true", help="also report to a real nova-api")
+    args = parser.parse_args()
+    workdir = tempfile.mkdtemp(prefix="gha-bench-")
+    cloud = None
+    try:
+        with RabbitMQNode() as rabbit, VmSimulator(os.path.join(workdir, "vms")) as sim:
+            reporters = ["notification"]
+            extra = {}
+            if args.nova:
+                from guest_ha.testing.openstack import OpenStackCloud
+
+                _bench.progress("starting Keystone and nova-api")
+                cloud = OpenStackCloud().start()
+                clouds = cloud.clouds_yaml(os.path.join(workdir, "clouds.yaml"))
+                extra = {"reporter_nova": {"clouds_yaml": str(clouds), "cloud": "guest-ha"}}
+                reporters.append("nova")
+            vms = [sim.add_vm(interval_ms=100) for _ in range(args.vms)]
+            if cloud is not None:
+                cloud.create_host("compute-a")
+                cloud.create_flavor("bench", {})
+                for v in vms:
+                    cloud.create_server(v.uuid, v.name, "bench", "compute-a")
+            collector = NotificationCollector(rabbit.url)
+            db = os.path.join(workdir, "controller.sqlite")
+            with (
+                ControllerProcess(
+                    workdir, rabbit.url, host="ctl-1", reporters=reporters, database=db, extra=extra
+                ),
+                EngineProcess(
+                    os.path.join(workdir, "compute"),
+                    vms,
+                    extra={
+                        "controller": {
+                            "enabled": True,
+                            "transport_url": rabbit.url,
+                            "messaging_config": None,
+                            "host": "compute-a",
+                            "spool_dir": os.path.join(workdir, "spool"),
+                        }
+                    },
+                ) as engine,
+            ):
+                for vm in vms:
+                    engine.wait_event("registered", vm.uuid, timeout=30)
+                _bench.progress(f"sending {args.faults} faults")
+                sent = 0
+                while sent < args.faults:
+                    for vm in vms[: min(len(vms), args.faults - sent)]:
+                        sim.set_health(vm.uuid, False, "bench fault")
+                        sent += 1
+                    time.sleep(0.25)
+                    for vm in vms:
+                        sim.set_health(vm.uuid, True)
+                    time.sleep(0.25)
+                faults = lambda: [e for e in engine.events() if e["fault"]]  # noqa: E731
+                wait_until(lambda: len(faults()) >= args.faults, 120, interval=0.2)
+                wait_until(
+                    lambda: (
+                        len(
+                            {
+                                g["payload"]["idempotency_key"]
+                                for g in collector.got
+                                if g["payload"]["fault"]
+                            }
+                        )
+                        >= len(faults())
+                    ),
+                    120,
+                    interval=0.2,
+                )
+                time.sleep(1.0)
+                events = faults()
+            collector.stop()
+            got = {}
+            counts: Counter = Counter()
+            for g in collector.got:
+                key = (g["payload"]["instance_uuid"], g["payload"]["monotonic"])
+                counts[key] += 1
+                got.setdefault(key, g["received_at"])
+            latencies = [
+                (got[(e["instance_uuid"], e["monotonic"])] - e["monotonic"]) * 1000
+                for e in events
+                if (e["instance_uuid"], e["monotonic"]) in got
+            ]
+            lost = sum(1 for e in events if (e["instance_uuid"], e["monotonic"]) not in got)
+            duplicates = sum(n - 1 for n in counts.values() if n > 1)
+            nova_ms = []
+            if args.nova:
+                rows = (
+                    sqlite3.connect(db)
+                    .execute(
+                        "SELECT e.body, d.done_at FROM deliveries d JOIN events e ON e.key = d.key "
+                        "WHERE d.reporter = 'nova' AND d.state = 'done' AND e.fault = 1"
+                    )
+                    .fetchall()
+                )
+                import json
+
+                nova_ms = [(done - wall(json.loads(body)["time"])) * 1000 for body, done in rows]
+    finally:
+        if cloud is not None:
+            cloud.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = {
+        "benchmark": "fault_pipeline",
+        "faults": len(events),
+        "report_ms_p50": round(_bench.percentile(latencies, 50), 2),
+        "report_ms_p99": round(_bench.percentile(latencies, 99), 2),
+        "report_ms_max": round(max(latencies), 2) if latencies else None,
+        "lost": lost,
+        "duplicates": duplicates,
+        "machine": _bench.machine(),
+    }
+    if nova_ms:
+        result["nova_report_ms_p50"] = round(_bench.percentile(nova_ms, 50), 2)
+        result["nova_report_ms_p99"] = round(_bench.percentile(nova_ms, 99), 2)
+    _bench.emit(result)
+
+
+if __name__ == "__main__":
+    main()
