@@ -127,6 +127,14 @@ def main() -> None:
             ]
             lost = sum(1 for e in events if (e["instance_uuid"], e["monotonic"]) not in got)
             duplicates = sum(n - 1 for n in counts.values() if n > 1)
+            import json
+
+            stages = sqlite3.connect(db).execute(
+                "SELECT e.body, e.received_at, d.done_at FROM deliveries d "
+                "JOIN events e ON e.key = d.key WHERE d.reporter = 'notification' AND e.fault = 1"
+            ).fetchall()
+            to_controller = [(r[1] - wall(json.loads(r[0])["time"])) * 1000 for r in stages]
+            in_controller = [(r[2] - r[1]) * 1000 for r in stages if r[2]]
             nova_ms = []
             if args.nova:
                 rows = (
@@ -151,6 +159,9 @@ def main() -> None:
         "report_ms_p99": round(_bench.percentile(latencies, 99), 2),
         "report_ms_max": round(max(latencies), 2) if latencies else None,
         "lost": lost,
+        "to_controller_ms_p50": round(_bench.percentile(to_controller, 50), 2),
+        "to_controller_ms_p99": round(_bench.percentile(to_controller, 99), 2),
+        "controller_to_reported_ms_p99": round(_bench.percentile(in_controller, 99), 2),
         "duplicates": duplicates,
         "machine": _bench.machine(),
     }

@@ -29,38 +29,6 @@ def raise_fd_limit() -> None:
         pass
 
 
-def build_forwarder(config: Any, vm_count: Any = lambda: 0) -> Any:
-    """The sink that spools events and forwards them to the controllers."""
-    import os
-    import socket as socketlib
-
-    from ..messaging import options as messaging_options
-    from ..messaging.rpc import ControllerClient, get_transport
-    from .forwarder import ForwardingSink
-    from .spool import Spool
-
-    link = config.controller
-    files = (
-        [link.messaging_config]
-        if link.messaging_config and os.path.exists(link.messaging_config)
-        else []
-    )
-    conf = messaging_options.configure(link.transport_url, config_files=files)
-    host = link.host or conf.guest_ha.host or socketlib.gethostname()
-    client = ControllerClient(get_transport(), host)
-
-    def status(depth: int) -> None:
-        client.call("compute_status", timeout=5, host=host, spool_depth=depth, vms=vm_count())
-
-    def send_batch(events: List[Dict[str, Any]]) -> Dict[str, Any]:
-        ack = client.call("report_events", events=events)
-        if not isinstance(ack, dict):
-            raise RuntimeError(f"controller answered {ack!r}")
-        return ack
-
-    return ForwardingSink(Spool(link.spool_dir), send_batch, host, status=status)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config) if args.config else parse_config({})
@@ -74,15 +42,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     raise_fd_limit()
     sink = build_sink(config.events.log, config.events.jsonl)
-    holder: List[Any] = []  # the engine, once built: the forwarder reports its VM count
+    link = None
     if config.controller.enabled:
         try:
-            sink.sinks.append(build_forwarder(config, lambda: len(holder[0].vms) if holder else 0))
+            from .controller_link import ControllerLink
+
+            link = ControllerLink(config)
+            sink.sinks.append(link.sink)
         except Exception as exc:
             print(f"guest-ha-compute: cannot set up the controller link: {exc}", file=sys.stderr)
             return 2
     engine = HeartbeatEngine(config, sink)
-    holder.append(engine)
+    if link is not None:
+        link.attach(engine)
 
     def _stop(signum: int, _frame: Any) -> None:
         logging.getLogger("guest_ha.compute").info("signal %d: stopping", signum)
@@ -110,6 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if monitor is not None:
             monitor.stop()
+        if link is not None:
+            link.close()
         sink.close()
     return 0
 

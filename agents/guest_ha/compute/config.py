@@ -30,6 +30,11 @@ class VmSpec:
     uuid: str
     name: str
     socket_path: str
+    heartbeat: bool = True
+    """Report heartbeat faults for this VM (off: the channel serves messaging only)."""
+    server_group_messaging: bool = False
+    server_group: Optional[str] = None
+    """Standalone group name (set by the operator, never by the guest)."""
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ def _vms(raw: Any) -> List[VmSpec]:
         where = f"vms[{i}]"
         if not isinstance(item, Mapping):
             raise ConfigError(f"{where}: must be a mapping with uuid, socket and optional name")
-        unknown = set(item) - {"uuid", "name", "socket"}
+        unknown = set(item) - {"uuid", "name", "socket", "heartbeat", "server_group"}
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         uuid, sock = item.get("uuid"), item.get("socket")
@@ -172,7 +177,22 @@ def _vms(raw: Any) -> List[VmSpec]:
         name = item.get("name", uuid)
         if not isinstance(name, str):
             raise ConfigError(f"{where}.name: must be a string")
-        out.append(VmSpec(uuid=uuid, name=name, socket_path=sock))
+        heartbeat = item.get("heartbeat", True)
+        group = item.get("server_group")
+        if not isinstance(heartbeat, bool):
+            raise ConfigError(f"{where}.heartbeat: must be true or false")
+        if group is not None and not isinstance(group, str):
+            raise ConfigError(f"{where}.server_group: must be a string")
+        out.append(
+            VmSpec(
+                uuid=uuid,
+                name=name,
+                socket_path=sock,
+                heartbeat=heartbeat,
+                server_group_messaging=group is not None,
+                server_group=group,
+            )
+        )
     return out
 
 

@@ -8,6 +8,7 @@ rate limits, so it never delays another VM's challenges.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import heapq
 import itertools
@@ -18,11 +19,11 @@ import queue
 import selectors
 import socket
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..protocol import SERVER_GROUP, HeartbeatEvent, HostChannel
+from ..protocol import SERVER_GROUP, HeartbeatEvent, HostChannel, Message, ProtocolError
 from ..protocol.heartbeat import HEARTBEAT_LOST
-from ..protocol.messages import nack
+from ..protocol.messages import HOST_TO_GUEST, make, nack
 from .config import ComputeConfig, VmSpec
 from .sinks import EventSink, VmEvent
 
@@ -90,6 +91,11 @@ class HeartbeatEngine:
         self._status_sock: Optional[socket.socket] = None
         self._status_clients: Dict[int, Tuple[socket.socket, bytearray, float]] = {}
         self.started_at = clock()
+        self.sg_relay: Optional[Callable[[VmSpec, Message], None]] = None
+        """Set when a controller link exists: takes a VM's server-group PDU (must not
+        block: it runs in the heartbeat loop)."""
+        self.sg_delivered = 0
+        self.sg_undeliverable = 0
         self.fault_confirmer: Optional[Callable[[str, Callable[[bool, str], None]], None]] = None
         """Set in libvirt mode: asks whether a domain still runs before a heartbeat
         fault is reported (see ``_hold``)."""
@@ -108,7 +114,10 @@ class HeartbeatEngine:
         if spec.uuid in self.vms:
             return
         now = self.clock()
-        channel = HostChannel(self.config.heartbeat, self.config.limits, now)
+        policy = self.config.heartbeat
+        if not spec.heartbeat:  # messaging only: no registration is expected
+            policy = dataclasses.replace(policy, restart_timeout_s=0.0)
+        channel = HostChannel(policy, self.config.limits, now)
         vm = VmConnection(spec, channel, self.config.reconnect.initial_s)
         vm.source = source
         self.vms[spec.uuid] = vm
@@ -135,7 +144,9 @@ class HeartbeatEngine:
             return
         vm.source = source
         now = self.clock()
-        if vm.spec != spec:
+        if vm.spec.socket_path == spec.socket_path:
+            vm.spec = spec  # opt-in changes only
+        else:
             LOG.info("%s channel socket is now %s", vm.log_prefix, spec.socket_path)
             if vm.sock is not None:
                 self._close(vm)
@@ -404,16 +415,27 @@ class HeartbeatEngine:
         channel = vm.channel
         channel.flush()  # lifecycle calls drive the heartbeat machine directly
         if channel.server_group_inbox:
-            # Server group routing is not part of this agent yet: refuse, bounded.
+            # Already validated and rate-limited by the channel; the VM's identity
+            # is the channel's, never anything in the message.
             inbox, channel.server_group_inbox = channel.server_group_inbox, []
             for msg in inbox:
-                channel.queue(
-                    nack(
-                        SERVER_GROUP,
-                        msg.msg_type,
-                        "not_enabled: server group messaging is not enabled for this VM",
+                if msg.msg_type == "nack":
+                    LOG.info(
+                        "%s guest nacked %s: %s",
+                        vm.log_prefix,
+                        msg["orig_msg_type"],
+                        msg["log_msg"],
                     )
-                )
+                elif vm.spec.server_group_messaging and self.sg_relay is not None:
+                    self.sg_relay(vm.spec, msg)
+                else:
+                    channel.queue(
+                        nack(
+                            SERVER_GROUP,
+                            msg.msg_type,
+                            "not_enabled: server group messaging is not enabled for this VM",
+                        )
+                    )
         for event in channel.take_events():
             if vm.held or (event.kind == HEARTBEAT_LOST and self.fault_confirmer is not None):
                 self._hold(vm, event)
@@ -425,7 +447,32 @@ class HeartbeatEngine:
             self._dirty.add(vm.spec.uuid)
         self._reschedule_tick(vm)
 
+    def deliver_server_group(self, deliveries: List[Dict[str, Any]]) -> None:
+        """Queue server-group PDUs from the controller to local VMs (engine thread)."""
+        for item in deliveries:
+            vm = self.vms.get(str(item.get("instance_uuid")))
+            if vm is None or not vm.spec.server_group_messaging:
+                self.sg_undeliverable += 1
+                continue
+            try:
+                msg = make(
+                    SERVER_GROUP,
+                    str(item["msg_type"]),
+                    HOST_TO_GUEST,
+                    **dict(item.get("fields") or {}),
+                )
+            except (ProtocolError, KeyError, TypeError) as exc:
+                LOG.warning(
+                    "%s dropped a malformed delivery from the controller: %s", vm.log_prefix, exc
+                )
+                continue
+            if vm.channel.queue(msg):
+                self._dirty.add(vm.spec.uuid)
+                self.sg_delivered += 1
+
     def _emit(self, vm: VmConnection, event: HeartbeatEvent) -> None:
+        if not vm.spec.heartbeat and (event.is_fault or event.kind == "recovered"):
+            return  # this VM opted in to messaging only
         now = self.clock()
         self.sink.emit(
             VmEvent(

@@ -143,6 +143,7 @@ class LibvirtMonitor:
         self._worker: Optional[threading.Thread] = None
         self._warned: set = set()
         self.known: Dict[str, str] = {}
+        self.known_opt_in: Dict[str, domain_xml.OptIn] = {}
         """uuid -> domain name of the domains handed to the engine."""
 
     # -- lifecycle ------------------------------------------------------------------
@@ -355,22 +356,25 @@ class LibvirtMonitor:
             return False
         return self._reconcile(dom)
 
-    def wants_heartbeat(self, uuid: str, name: str, xml: str) -> bool:
+    def wants(self, uuid: str, name: str, xml: str) -> domain_xml.OptIn:
+        """What the domain opted in to (heartbeat, server group messaging)."""
         if self.nova is not None:
             try:
-                wanted, source = self.nova.heartbeat_enabled(xml)
+                opt, source = self.nova.opt_in(xml)
             except NovaLookupError as exc:
                 # Keep what we knew: an unreachable Nova must not stop heartbeating.
                 self._warn_once(uuid, f"[instance {uuid}] {exc}; keeping current opt-in")
-                return uuid in self.known
-            LOG.debug("[instance %s] heartbeat opt-in %s from %s", uuid, wanted, source)
-            return wanted
+                return self.known_opt_in.get(uuid, domain_xml.OptIn())
+            LOG.debug("[instance %s] opt-in %s from %s", uuid, opt, source)
+            return opt
         if self.config.optin_metadata:
             opt = domain_xml.opt_in(xml)
             if opt is not None:
-                return opt.heartbeat
-        opt = self.optin_file.lookup(uuid.lower(), name)
-        return bool(opt and opt.heartbeat)
+                return opt
+        return self.optin_file.lookup(uuid.lower(), name) or domain_xml.OptIn()
+
+    def wants_heartbeat(self, uuid: str, name: str, xml: str) -> bool:
+        return self.wants(uuid, name, xml).heartbeat
 
     def _reconcile(self, dom: Any) -> bool:
         """Bring one domain in line; return whether the engine heartbeats it."""
@@ -384,7 +388,8 @@ class LibvirtMonitor:
             lv.VIR_DOMAIN_PMSUSPENDED,
         )
         xml = dom.XMLDesc(0)
-        if not self.wants_heartbeat(uuid, name, xml):
+        opt = self.wants(uuid, name, xml)
+        if not opt.wants_channel:
             if uuid in self.known:
                 LOG.info("[instance %s] %s no longer opted in", uuid, name)
                 del self.known[uuid]
@@ -397,9 +402,17 @@ class LibvirtMonitor:
             channel = self._attach_channel(dom, uuid, name, xml)
             if channel is None:
                 return False
-        spec = VmSpec(uuid=uuid, name=name, socket_path=str(channel.socket_path))
+        spec = VmSpec(
+            uuid=uuid,
+            name=name,
+            socket_path=str(channel.socket_path),
+            heartbeat=opt.heartbeat,
+            server_group_messaging=opt.server_group_messaging,
+            server_group=opt.server_group,
+        )
         paused = state != lv.VIR_DOMAIN_RUNNING
         self.known[uuid] = name
+        self.known_opt_in[uuid] = opt
 
         def apply() -> None:
             self.engine.upsert_vm(spec, "libvirt")

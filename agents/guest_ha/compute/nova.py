@@ -49,7 +49,7 @@ def session_from_clouds_yaml(path: str, cloud: str) -> Any:
 
 @dataclass
 class _Cached:
-    value: bool
+    value: domain_xml.OptIn
     expires: float
 
 
@@ -75,19 +75,24 @@ class NovaFlavorOptIn:
         self.api_calls = 0
 
     def heartbeat_enabled(self, xml: str) -> Tuple[bool, str]:
-        """Whether the domain opted in, and where the answer came from."""
+        """Whether the domain opted in to heartbeating, and where the answer came from."""
+        opt, source = self.opt_in(xml)
+        return opt.heartbeat, source
+
+    def opt_in(self, xml: str) -> Tuple[domain_xml.OptIn, str]:
+        """What the domain's flavor asks for (heartbeat, server group messaging)."""
         meta = domain_xml.nova_metadata(xml)
         if meta is None or not meta.instance_uuid:
-            return False, "not a Nova instance"
+            return domain_xml.OptIn(), "not a Nova instance"
         if meta.extra_specs:
-            return meta.opt_in().heartbeat, "domain metadata"
+            return meta.opt_in(), "domain metadata"
         key = meta.flavor_name or meta.instance_uuid
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None and cached.expires > self.clock():
                 return cached.value, f"flavor {key} (cached)"
         extra_specs = self._server_extra_specs(meta.instance_uuid)
-        value = domain_xml.opt_in_from_extra_specs(extra_specs).heartbeat
+        value = domain_xml.opt_in_from_extra_specs(extra_specs)
         with self._lock:
             self._cache[key] = _Cached(value, self.clock() + self.cache_ttl_s)
         return value, f"flavor {key} (Nova API)"

@@ -338,6 +338,10 @@ class ControllerClient(_Client):
         """RPC call on the controller named ``server`` only."""
         return self._call({"server": server}, method, timeout, kwargs)
 
+    def cast(self, method: str, **kwargs: Any) -> None:
+        """One-way message to one controller (best effort: returns once the broker took it)."""
+        self._cast({}, method, kwargs)
+
     def report(self, event: Mapping[str, Any], timeout: Optional[float] = None) -> Dict[str, Any]:
         """Send one event (``report_event(event=...)``); return the controller's ack dict."""
         ack = self.call("report_event", timeout, event=dict(event))

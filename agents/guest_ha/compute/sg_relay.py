@@ -1,0 +1,85 @@
+"""Server group messaging on the compute host: guest -> controller relay and
+controller -> guest delivery.
+
+The heartbeat loop hands each validated, rate-limited server-group PDU of an
+opted-in VM to :class:`ServerGroupRelay`, which only queues it (bounded); a
+thread casts it to a controller, stamped with the VM's identity from its
+channel. Delivery is best effort, as the HLD says: a full queue or a broker
+outage drops messages (counted and logged, rate-limited), never blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from ..protocol import Message
+from .config import VmSpec
+
+LOG = logging.getLogger("guest_ha.compute.sg")
+
+
+class ServerGroupRelay:
+    def __init__(self, client: Any, host: str, max_queue: int = 10_000) -> None:
+        self.client = client
+        self.host = host
+        self.relayed = 0
+        self.dropped = 0
+        self._queue: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue(max_queue)
+        self._last_warning = 0.0
+        self._thread = threading.Thread(target=self._run, name="sg-relay", daemon=True)
+        self._thread.start()
+
+    def __call__(self, spec: VmSpec, msg: Message) -> None:
+        """Queue one PDU from ``spec``'s guest (called in the heartbeat loop)."""
+        item = {
+            "host": self.host,
+            "instance_uuid": spec.uuid,
+            "msg_type": msg.msg_type,
+            "fields": dict(msg.fields),
+            "group": spec.server_group,
+        }
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self._drop("relay queue full")
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    def _drop(self, why: str) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._last_warning > 5:
+            self._last_warning = now
+            LOG.warning("server group message dropped (%s); %d dropped so far", why, self.dropped)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self.client.cast("sg_relay", **item)
+                self.relayed += 1
+            except Exception as exc:  # best effort: broker down, etc.
+                self._drop(str(exc))
+
+
+class ComputeEndpoint:
+    """RPC methods the controllers call on this compute host (its per-host topic)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def sg_deliver(self, ctxt: Dict[str, Any], deliveries: List[Dict[str, Any]]) -> None:
+        if not isinstance(deliveries, list):
+            return
+        self.engine.post(lambda: self.engine.deliver_server_group(deliveries))
+
+    def ping(self, ctxt: Dict[str, Any]) -> Dict[str, Any]:
+        return {"vms": len(self.engine.vms)}
