@@ -115,3 +115,24 @@ def test_emit_does_no_disk_io_and_batches_are_acknowledged_per_key(tmp_path) -> 
     assert [e["kind"] for e in controller.received] == [
         "unhealthy" if i % 2 else "recovered" for i in range(50)
     ]
+
+
+def test_events_are_spooled_while_a_send_hangs(tmp_path) -> None:
+    """A slow or unreachable controller must not keep events out of the spool."""
+    release = threading.Event()
+
+    def hanging(events: List[Dict[str, Any]]) -> Dict[str, Any]:
+        release.wait(10)
+        raise ConnectionError("timed out")
+
+    spool = Spool(str(tmp_path))
+    sink = ForwardingSink(spool, hanging, "c1", backoff_initial_s=0.01)
+    try:
+        sink.emit(vm_event("heartbeat_lost"))
+        time.sleep(0.2)  # the sender is now stuck in its first call
+        for _ in range(5):
+            sink.emit(vm_event("unhealthy"))
+        wait_for(lambda: spool.depth == 6)
+    finally:
+        release.set()
+        sink.close()

@@ -1,11 +1,12 @@
 """Forwards events to the controllers without ever losing one.
 
 :class:`ForwardingSink` is the engine's event sink. ``emit`` only queues the
-event in memory, so the heartbeat loop never waits for a disk. The forwarder
-thread writes queued events to the durable :class:`~guest_ha.compute.spool.Spool`
-(fsync) *before* sending anything, then sends the spool in order, in batches,
-and removes entries only when a controller has acknowledged them. After an
-agent restart or a broker outage the spool is simply replayed.
+event in memory, so the heartbeat loop never waits for a disk. A spooler thread
+writes each queued event to the durable :class:`~guest_ha.compute.spool.Spool`
+(fsync) at once, whatever the network is doing; a sender thread sends the spool
+in order, in batches, and removes entries only when a controller has
+acknowledged them. After an agent restart or a broker outage the spool is
+simply replayed.
 """
 
 from __future__ import annotations
@@ -54,45 +55,66 @@ class ForwardingSink:
         self.failures = 0
         self.last_error: Optional[str] = None
         self._incoming: Deque[Dict[str, Any]] = collections.deque()
-        self._cond = threading.Condition()
+        self._incoming_cond = threading.Condition()
+        self._send_cond = threading.Condition()
         self._running = True
-        self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
-        self._thread.start()
+        self._spooler = threading.Thread(target=self._spool_loop, name="spooler", daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name="forwarder", daemon=True)
+        self._spooler.start()
+        self._sender.start()
 
+    # -- engine side ------------------------------------------------------------------
     def emit(self, event: VmEvent) -> None:
         body = event.to_dict()
         body["compute_host"] = self.compute_host
-        with self._cond:
+        with self._incoming_cond:
             self._incoming.append(body)
-            self._cond.notify()
+            self._incoming_cond.notify()
 
     def close(self) -> None:
         """Stop; events already emitted are spooled first (they are never dropped)."""
-        with self._cond:
-            self._running = False
-            self._cond.notify()
-        self._thread.join(timeout=10)
+        self._running = False
+        with self._incoming_cond:
+            self._incoming_cond.notify()
+        with self._send_cond:
+            self._send_cond.notify()
+        self._spooler.join(timeout=10)
+        self._sender.join(timeout=10)
         self._spool_incoming()
 
-    def _wait(self, seconds: Optional[float]) -> None:
-        with self._cond:
-            if self._running and not self._incoming:
-                self._cond.wait(timeout=seconds)
-
-    def _spool_incoming(self) -> None:
-        while True:
-            with self._cond:
+    # -- spooler thread -----------------------------------------------------------------
+    def _spool_loop(self) -> None:
+        while self._running:
+            with self._incoming_cond:
                 if not self._incoming:
-                    return
+                    self._incoming_cond.wait(timeout=1.0)
+            if self._spool_incoming():
+                with self._send_cond:
+                    self._send_cond.notify()
+
+    def _spool_incoming(self) -> int:
+        """Spool every queued event, in order; return how many were written."""
+        written = 0
+        while True:
+            with self._incoming_cond:
+                if not self._incoming:
+                    return written
                 body = self._incoming.popleft()
             try:
                 self.spool.append(body)
+                written += 1
             except SpoolFull:
                 LOG.critical(
                     "[instance %s] spool full: %s event NOT stored",
                     body.get("instance_uuid"),
                     body.get("kind"),
                 )
+
+    # -- sender thread ----------------------------------------------------------------
+    def _wait(self, seconds: Optional[float]) -> None:
+        with self._send_cond:
+            if self._running:
+                self._send_cond.wait(timeout=seconds)
 
     def _maybe_report_status(self) -> None:
         now = time.monotonic()
@@ -104,14 +126,13 @@ class ForwardingSink:
         except Exception as exc:  # best effort: the spool itself is what matters
             LOG.debug("spool depth not reported: %s", exc)
 
-    def _run(self) -> None:
+    def _send_loop(self) -> None:
         backoff = self.backoff_initial_s
         while self._running:
-            self._spool_incoming()
             self._maybe_report_status()
             batch = self.spool.pending()[:MAX_BATCH]
             if not batch:
-                self._wait(self.status_interval_s if self.status else None)
+                self._wait(self.status_interval_s if self.status else 1.0)
                 continue
             try:
                 self._send(batch)
@@ -136,7 +157,7 @@ class ForwardingSink:
     def _send(self, batch: List[SpoolEntry]) -> None:
         ack = self.send_batch([entry.event for entry in batch])
         keys = ack.get("keys") if isinstance(ack, dict) else None
-        if not ack.get("accepted") or not isinstance(keys, list):
+        if not isinstance(ack, dict) or not ack.get("accepted") or not isinstance(keys, list):
             raise RuntimeError(f"unexpected acknowledgement {ack!r}")
         acked = set(keys)
         # Acknowledgements are per key; anything not acknowledged stays spooled.
@@ -144,5 +165,5 @@ class ForwardingSink:
             if entry.key in acked:
                 self.spool.ack(entry)
                 self.sent += 1
-        if len(acked & {e.key for e in batch}) != len(batch):
+        if not {e.key for e in batch} <= acked:
             raise RuntimeError("controller acknowledged only part of the batch")
