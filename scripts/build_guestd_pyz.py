@@ -23,11 +23,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "agents", "guest_ha")
 SUBPACKAGES = ("protocol", "guest")
 
-MAIN = '''"""Run guest-ha-guestd (or, with first argument 'health', guest-ha-health)."""
+MAIN = '''"""Run guest-ha-guestd (first argument 'health': guest-ha-health; 'sg': guest-ha-sg)."""
 import sys
 
 if len(sys.argv) > 1 and sys.argv[1] == "health":
     from guest_ha.guest.client import main
+
+    del sys.argv[1]
+elif len(sys.argv) > 1 and sys.argv[1] == "sg":
+    from guest_ha.guest.sg_client import main
 
     del sys.argv[1]
 else:

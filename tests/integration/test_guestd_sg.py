@@ -1,0 +1,350 @@
+"""Server group messaging through the real guest daemon process, over a pty.
+
+The test is the host: it reads and writes the pty master with the protocol
+core's encoder and decoder, while apps use the client library and the
+``guest-ha-sg`` command against the daemon's app socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tty
+from pathlib import Path
+
+import pytest
+
+from guest_ha.guest.client import HealthClient
+from guest_ha.guest.sg_client import (
+    MessageTooLarge,
+    NotInServerGroup,
+    OwnerTaken,
+    ServerGroupClient,
+    ServerGroupError,
+)
+from guest_ha.protocol import (
+    GUEST_TO_HOST,
+    HEARTBEAT,
+    HOST_TO_GUEST,
+    SERVER_GROUP,
+    FrameDecoder,
+    Message,
+    decode_envelope,
+    make,
+    validate,
+)
+from guest_ha.protocol.messages import nack
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+UUID_SELF = "0b7d2f3c-5a4e-4d1b-9c6e-1f2a3b4c5d6e"
+UUID_PEER = "9f8e7d6c-5b4a-4392-8170-fedcba987654"
+
+
+def member(uuid, name, state="active", power="running"):
+    return {
+        "uuid": uuid,
+        "display_name": name,
+        "host": "compute-1",
+        "state": state,
+        "power_state": power,
+        "task_state": None,
+    }
+
+
+class FakeHost:
+    """The host end of a pty standing in for the virtio port."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        self.decoder = FrameDecoder()
+        self.inbox: list = []
+        self.seq = 0
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def send(self, *msgs: Message) -> None:
+        data = b"".join(m.encode() for m in msgs)
+        while data:
+            _, ready, _ = select.select([], [self.master], [], 5)
+            assert ready, "pty not writable"
+            data = data[os.write(self.master, data) :]
+
+    def pump(self, timeout: float) -> None:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if ready:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                return
+            for frame in self.decoder.feed(data):
+                assert isinstance(frame, bytes), frame
+                self.inbox.append(validate(decode_envelope(frame), GUEST_TO_HOST))
+
+    def recv(self, msg_type: str, app: str = SERVER_GROUP, timeout: float = 5.0) -> Message:
+        end = time.monotonic() + timeout
+        while True:
+            for i, msg in enumerate(self.inbox):
+                if msg.msg_type == msg_type and msg.app == app:
+                    return self.inbox.pop(i)
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {app} {msg_type} within {timeout} s ({self.inbox})")
+            self.pump(min(left, 0.05))
+
+    def register(self) -> None:
+        init = self.recv("init", HEARTBEAT)
+        self.send(
+            make(
+                HEARTBEAT,
+                "init_ack",
+                HOST_TO_GUEST,
+                invocation_id=init["invocation_id"],
+                interval_ms=1000,
+            )
+        )
+
+    def challenge(self, timeout: float = 5.0) -> Message:
+        self.seq += 1
+        nonce = f"{self.seq:08x}c0ffee"
+        self.send(make(HEARTBEAT, "challenge", HOST_TO_GUEST, seq=self.seq, nonce=nonce))
+        resp = self.recv("challenge_response", HEARTBEAT, timeout)
+        assert resp["seq"] == self.seq and resp["nonce"] == nonce
+        return resp
+
+    def answer_status(self, query: Message, members) -> None:
+        seq = query["seq"]
+        self.send(
+            *[
+                make(SERVER_GROUP, "status_response", HOST_TO_GUEST, seq=seq, data=m)
+                for m in members
+            ],
+            make(SERVER_GROUP, "status_response_done", HOST_TO_GUEST, seq=seq),
+        )
+
+
+def broadcast_from_peer(data, source=UUID_PEER) -> Message:
+    return make(SERVER_GROUP, "broadcast", HOST_TO_GUEST, source_instance=source, data=data)
+
+
+class Daemon:
+    def __init__(self, tmp_path: Path, port: str, *extra: str, cmd=None) -> None:
+        self.socket = str(tmp_path / "run" / "app.sock")
+        self.log_path = tmp_path / "guestd.log"
+        args = [
+            "--config", "/dev/null", "--port", port, "--checks-dir", str(tmp_path / "none"),
+            "--app-socket", self.socket, "--name", "sg-vm", "--log-level", "debug", *extra,
+        ]  # fmt: skip
+        cmd = cmd or [sys.executable, "-m", "guest_ha.guest.daemon"]
+        self.log_file = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd + args, stdout=self.log_file, stderr=subprocess.STDOUT)
+        end = time.monotonic() + 10
+        while not os.path.exists(self.socket):
+            assert self.proc.poll() is None, self.log_path.read_text()
+            assert time.monotonic() < end, "app socket never appeared"
+            time.sleep(0.02)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log_file.close()
+
+
+@pytest.fixture
+def host():
+    h = FakeHost()
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def daemon(tmp_path, host):
+    d = Daemon(tmp_path, host.path, "--sg-status-timeout-ms", "2000")
+    host.register()
+    yield d
+    d.stop()
+
+
+def test_broadcast_both_ways(host, daemon):
+    got: queue.Queue = queue.Queue()
+    with ServerGroupClient(daemon.socket) as sg:
+        sg.on_broadcast(lambda src, data: got.put((src, data)))
+        sg.subscribe()
+        sg.start()
+        sg.broadcast({"role": "active", "epoch": 12, "name": "\u00e9t\u00e9"})
+        pdu = host.recv("broadcast")
+        assert dict(pdu.fields) == {
+            "data": {"role": "active", "epoch": 12, "name": "\u00e9t\u00e9"}
+        }
+        with pytest.raises(MessageTooLarge):
+            sg.broadcast("x" * 3049)
+        host.send(broadcast_from_peer({"role": "standby"}))
+        assert got.get(timeout=5) == (UUID_PEER, {"role": "standby"})
+    # raw over-limit request: refused by the daemon, nothing on the wire
+    with HealthClient(daemon.socket) as raw, pytest.raises(Exception, match="3050-byte limit"):
+        raw.request("sg_broadcast", data="x" * 3049)
+    host.send(make(HEARTBEAT, "challenge", HOST_TO_GUEST, seq=99, nonce="deadbeef00"))
+    host.recv("challenge_response", HEARTBEAT)
+    assert [m for m in host.inbox if m.app == SERVER_GROUP] == []
+    assert daemon.terminate() == 0
+
+
+def test_status_and_nack(host, daemon):
+    result: queue.Queue = queue.Queue()
+    with ServerGroupClient(daemon.socket) as sg:
+
+        def ask():
+            try:
+                result.put(sg.request_status(timeout=2))
+            except ServerGroupError as exc:
+                result.put(exc)
+
+        t = threading.Thread(target=ask)
+        t.start()
+        query = host.recv("status_query")
+        host.answer_status(query, [member(UUID_SELF, "self"), member(UUID_PEER, "peer")])
+        t.join(5)
+        assert [m["uuid"] for m in result.get_nowait()] == [UUID_SELF, UUID_PEER]
+
+        t = threading.Thread(target=ask)
+        t.start()
+        second = host.recv("status_query")
+        assert second["seq"] == query["seq"] + 1
+        host.send(nack(SERVER_GROUP, "status_query", "not_enabled: no server group messaging"))
+        t.join(5)
+        exc = result.get_nowait()
+        assert isinstance(exc, NotInServerGroup)
+        assert exc.log_msg == "not_enabled: no server group messaging"
+    with HealthClient(daemon.socket) as client:
+        counters = client.status()["server_group"]["counters"]
+    assert counters["status_queries_sent"] == 2
+    assert counters["nacks_received"] == 1
+
+
+def test_second_subscriber_refused(host, daemon):
+    with ServerGroupClient(daemon.socket) as first, ServerGroupClient(daemon.socket) as second:
+        first.subscribe()
+        with pytest.raises(OwnerTaken):
+            second.subscribe()
+        first.close()
+        end = time.monotonic() + 5
+        while True:
+            try:
+                second.subscribe()
+                break
+            except OwnerTaken:
+                assert time.monotonic() < end
+                time.sleep(0.02)
+
+
+def test_slow_subscriber_does_not_stall_heartbeat(host, daemon):
+    """An owner that never reads while the host floods it: challenges still get
+    answered at once, and the daemon drops the oldest pushes."""
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.connect(daemon.socket)
+    stuck.sendall(b'{"op":"sg_subscribe"}\n')
+    stuck.settimeout(5)
+    assert json.loads(stuck.recv(4096).split(b"\n")[0])["ok"] is True
+    pad = "z" * 2500
+    worst = 0.0
+    for burst in range(40):
+        host.send(*[broadcast_from_peer({"n": burst * 25 + i, "pad": pad}) for i in range(25)])
+        t0 = time.monotonic()
+        assert host.challenge(timeout=2)["health"] == "healthy"
+        worst = max(worst, time.monotonic() - t0)
+    assert worst < 0.5, f"challenge answer took {worst:.3f} s"
+    with HealthClient(daemon.socket) as client:
+        status = client.status()
+    assert status["counters"]["app_api"]["pushes_dropped"] > 0
+    assert status["server_group"]["owner"]["pushes_dropped"] > 0
+    assert status["server_group"]["counters"]["broadcasts_received"] == 1000
+    stuck.close()
+    assert daemon.terminate() == 0
+
+
+def _sg_cli(daemon, *args):
+    return [sys.executable, "-m", "guest_ha.guest.sg_client", "--socket", daemon.socket, *args]
+
+
+def test_shell_command(host, daemon):
+    out = subprocess.run(
+        _sg_cli(daemon, "broadcast", "hello peers"), capture_output=True, text=True, timeout=10
+    )
+    assert out.returncode == 0, out.stderr
+    assert host.recv("broadcast")["data"] == "hello peers"
+
+    def answer():
+        host.answer_status(host.recv("status_query"), [member(UUID_PEER, "vnf-b", "stopped")])
+
+    t = threading.Thread(target=answer)
+    t.start()
+    out = subprocess.run(_sg_cli(daemon, "status"), capture_output=True, text=True, timeout=10)
+    t.join(5)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["UUID", "NAME", "HOST", "STATE", "POWER_STATE", "TASK_STATE"]
+    assert lines[1].split() == [UUID_PEER, "vnf-b", "compute-1", "stopped", "running", "-"]
+
+    listener = subprocess.Popen(
+        _sg_cli(daemon, "listen", "--json"), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        end = time.monotonic() + 5
+        while True:  # wait until it owns the role
+            with HealthClient(daemon.socket) as client:
+                if client.status()["server_group"]["owner"]:
+                    break
+            assert time.monotonic() < end
+            time.sleep(0.02)
+        host.send(
+            broadcast_from_peer({"epoch": 1}),
+            make(SERVER_GROUP, "notification", HOST_TO_GUEST, data=member(UUID_PEER, "b")),
+        )
+        assert listener.stdout is not None
+        first = json.loads(listener.stdout.readline())
+        second = json.loads(listener.stdout.readline())
+        assert first == {"push": "broadcast", "source_instance": UUID_PEER, "data": {"epoch": 1}}
+        assert second["push"] == "notification" and second["data"]["uuid"] == UUID_PEER
+    finally:
+        listener.send_signal(signal.SIGINT)
+        assert listener.wait(5) == 0
+
+
+def test_pyz_sg_subcommand(host, daemon, tmp_path):
+    pyz = tmp_path / "guestd.pyz"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_guestd_pyz.py"), str(pyz)],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    probe = subprocess.run(
+        [sys.executable, "-I", str(pyz), "sg", "--help"], capture_output=True, text=True, timeout=10
+    )
+    if "guest-ha-sg" not in probe.stdout:
+        pytest.skip("this build of guestd.pyz has no 'sg' subcommand yet")
+    out = subprocess.run(
+        [sys.executable, "-I", str(pyz), "sg", "--socket", daemon.socket, "broadcast", "via pyz"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert host.recv("broadcast")["data"] == "via pyz"
