@@ -179,6 +179,9 @@ trap 'shutdown_now poweroff' TERM USR2
 trap 'shutdown_now reboot' INT
 
 run_daemon &
+case " $(cat /proc/cmdline) " in
+    *" guest_ha.demo_peer=1 "*) /usr/local/bin/guest-ha-demo-peer & ;;
+esac
 watcher=
 if [ -x /usr/local/sbin/guest-ha-test-powerbtn ]; then
     /usr/local/sbin/guest-ha-test-powerbtn &
@@ -190,6 +193,55 @@ while :; do
     sleep 3600 &
     wait
 done
+"""
+
+DEMO_PEER = r"""#!/usr/bin/python3
+# guest-ha TEST IMAGE ONLY: a tiny VNF-like app for the demos, started when the
+# kernel command line has guest_ha.demo_peer=1. It owns the server-group role,
+# prints every broadcast and peer notification it receives to the console, and
+# broadcasts "hello from <hostname> #N" every few seconds, using the same
+# client library (guest_ha.guest.sg_client, from the guest daemon's zipapp)
+# that VNF developers use.
+import socket
+import sys
+import time
+
+sys.path.insert(0, "/usr/local/lib/guest-ha/guestd.pyz")
+from guest_ha.guest.sg_client import ServerGroupClient, ServerGroupError  # noqa: E402
+
+SOCKET = "/run/guest-ha/app.sock"
+NAME = socket.gethostname()
+
+
+def say(text):
+    with open("/dev/console", "w") as console:
+        console.write("guest-ha-demo-peer: %s\n" % text)
+
+
+def main():
+    while True:
+        try:
+            client = ServerGroupClient(SOCKET)
+            break
+        except ServerGroupError:
+            time.sleep(0.5)
+    client.on_broadcast(lambda source, data: say("RECEIVED broadcast from %s: %s" % (source, data)))
+    client.on_notification(lambda data: say("peer notification: %s" % data))
+    client.subscribe()
+    client.start()
+    say("subscribed")
+    n = 0
+    while True:
+        n += 1
+        try:
+            client.broadcast({"hello": NAME, "n": n})
+            say("SENT broadcast #%d" % n)
+        except ServerGroupError as exc:
+            say("broadcast #%d not sent: %s" % (n, exc))
+        time.sleep(3)
+
+
+main()
 """
 
 POWER_BUTTON_WATCHER = r"""#!/usr/bin/python3
@@ -500,6 +552,7 @@ def _write(path: str, text: str, mode: int = 0o755) -> None:
 def add_test_files(rootdir: str) -> None:
     _write(os.path.join(rootdir, "sbin", "guest-ha-test-init"), TEST_INIT)
     _write(os.path.join(rootdir, "usr/local/sbin/guest-ha-test-powerbtn"), POWER_BUTTON_WATCHER)
+    _write(os.path.join(rootdir, "usr/local/bin/guest-ha-demo-peer"), DEMO_PEER)
     busybox = os.path.join(rootdir, "usr/local/lib/guest-ha-test/busybox")
     os.makedirs(os.path.dirname(busybox), exist_ok=True)
     shutil.copy2(static_busybox(), busybox)

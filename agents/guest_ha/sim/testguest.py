@@ -74,12 +74,17 @@ def domain_xml(
     disks: Sequence[Dict[str, str]] = (),
     serial_log: Optional[str] = None,
     memory_mib: int = 256,
+    server_group: Optional[str] = None,
 ) -> str:
     metadata = ""
-    if optin is not None:
+    if optin is not None or server_group:
+        group = f"<guest_ha:server_group name='{server_group}'/>" if server_group else ""
+        heartbeat = (
+            f"<guest_ha:heartbeat enabled='{str(optin).lower()}'/>" if optin is not None else ""
+        )
         metadata = (
             f"<metadata><guest_ha:config xmlns:guest_ha='{GUEST_HA_NS}'>"
-            f"<guest_ha:heartbeat enabled='{str(optin).lower()}'/></guest_ha:config></metadata>"
+            f"{heartbeat}{group}</guest_ha:config></metadata>"
         )
     boot = ""
     if kernel:
@@ -197,7 +202,12 @@ class GuestImage:
         return path
 
     def domain_kwargs(
-        self, workdir: str, tag: str, interval_ms: int, control_disk: bool = True
+        self,
+        workdir: str,
+        tag: str,
+        interval_ms: int,
+        control_disk: bool = True,
+        extra_cmdline: str = "",
     ) -> Dict[str, Any]:
         """Keyword arguments for :func:`domain_xml` that boot this image."""
         disks = [{"path": self.overlay(os.path.join(workdir, f"{tag}.qcow2")), "format": "qcow2"}]
@@ -209,7 +219,7 @@ class GuestImage:
         return {
             "kernel": self.kernel,
             "initrd": self.initrd,
-            "cmdline": f"{self.cmdline} guest_ha.interval_ms={interval_ms}",
+            "cmdline": f"{self.cmdline} guest_ha.interval_ms={interval_ms} {extra_cmdline}".strip(),
             "disks": disks,
             "serial_log": os.path.join(workdir, f"{tag}.console.log"),
         }
