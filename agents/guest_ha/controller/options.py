@@ -67,11 +67,50 @@ nova_reporter_opts = [
 ]
 
 
+def _service_reporter_opts(service: str) -> list:
+    return [
+        cfg.StrOpt(
+            "clouds_yaml",
+            default="/etc/guest-ha/clouds.yaml",
+            help=f"clouds.yaml with the credentials used to call {service}.",
+        ),
+        cfg.StrOpt("cloud", default="guest-ha", help="Entry of clouds_yaml to use."),
+        cfg.StrOpt("region", help=f"Region of the {service} endpoint."),
+        cfg.StrOpt(
+            "interface",
+            default="public",
+            choices=["public", "internal", "admin"],
+            help="Endpoint interface.",
+        ),
+        cfg.FloatOpt(
+            "timeout_s",
+            default=10.0,
+            min=0.1,
+            help=f"HTTP timeout of one call to {service}; a timeout is retried.",
+        ),
+    ]
+
+
+#: ``[reporter_vitrage]``: Doctor southbound events (``POST /v1/event``,
+#: service type ``rca``) for the ``guest_ha`` Vitrage datasource.
+vitrage_reporter_opts = _service_reporter_opts("Vitrage (service type rca)")
+#: ``[reporter_masakari]``: VM notifications (``POST /v1/notifications``,
+#: service type ``instance-ha``).
+masakari_reporter_opts = _service_reporter_opts("Masakari (service type instance-ha)")
+
+
 def register_opts(conf: cfg.ConfigOpts) -> cfg.ConfigOpts:
     conf.register_opts(controller_opts, group="controller")
     conf.register_opts(nova_reporter_opts, group="reporter_nova")
+    conf.register_opts(vitrage_reporter_opts, group="reporter_vitrage")
+    conf.register_opts(masakari_reporter_opts, group="reporter_masakari")
     return conf
 
 
 def list_opts() -> List[Tuple[Optional[str], list]]:
-    return [("controller", controller_opts), ("reporter_nova", nova_reporter_opts)]
+    return [
+        ("controller", controller_opts),
+        ("reporter_nova", nova_reporter_opts),
+        ("reporter_vitrage", vitrage_reporter_opts),
+        ("reporter_masakari", masakari_reporter_opts),
+    ]

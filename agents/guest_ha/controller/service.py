@@ -273,6 +273,28 @@ def build_reporters(conf: Any, transport_url: Optional[str]) -> Dict[str, Report
                 region=opts.region,
                 interface=opts.interface,
             )
+        elif name == "vitrage":
+            from ..compute.nova import session_from_clouds_yaml
+            from .reporters.vitrage import VitrageReporter
+
+            opts = conf.reporter_vitrage
+            reporters[name] = VitrageReporter(
+                session_from_clouds_yaml(opts.clouds_yaml, opts.cloud),
+                region=opts.region,
+                interface=opts.interface,
+                timeout=opts.timeout_s,
+            )
+        elif name == "masakari":
+            from ..compute.nova import session_from_clouds_yaml
+            from .reporters.masakari import MasakariReporter
+
+            opts = conf.reporter_masakari
+            reporters[name] = MasakariReporter(
+                session_from_clouds_yaml(opts.clouds_yaml, opts.cloud),
+                region=opts.region,
+                interface=opts.interface,
+                timeout=opts.timeout_s,
+            )
         else:
             raise ValueError(f"reporter {name!r} is not available in this release")
     return reporters

@@ -14,6 +14,13 @@ services on 127.0.0.1 for the integration tier:
   pipeline instead, so nova-api trusts ``X-User-Id``/``X-Project-Id``/
   ``X-Roles`` headers; use it only where Keystone is not wanted.
 
+- **Vitrage 15.0.1** (``vitrage=True``): vitrage-api under gunicorn,
+  vitrage-graph and vitrage-persistor on RabbitMQ, with Vitrage's
+  ``nova.instance`` datasource and this project's ``guest_ha`` datasource
+  (``guest_ha.vitrage_datasource``); catalog type ``rca``.
+- **masakari-api 22** (``masakari=True``): its own eventlet server, Keystone
+  auth, Nova checked through our nova-api; catalog type ``instance-ha``.
+
 What is *not* real, and why:
 
 - **Neutron** is a stand-in (``NeutronStandIn``): a thread in the test process
@@ -34,7 +41,7 @@ Each service lives in its own virtualenv under ``<repo>/.cache/openstack/``
 matches the pinned requirements.  Set ``GUEST_HA_CACHE_DIR`` to move the
 cache.  Progress goes to stderr.
 
-Adding a service (Vitrage, Masakari): add a ``ServiceSpec`` to ``SERVICES``
+Adding a service (as was done for Vitrage and Masakari): add a ``ServiceSpec`` to ``SERVICES``
 (requirements, plus a ``post_install`` hook for files the wheel lacks, e.g.
 ``api-paste.ini`` from the sdist), a ``_setup_<name>`` step that writes its
 config and syncs its DB, a ``GunicornService`` for its API (same
@@ -338,13 +345,179 @@ def _nova_template(venv: Path, tpl: Path, log: Any) -> None:
     shutil.rmtree(tpl / "locks", ignore_errors=True)
 
 
-#: Pinned per ENVIRONMENT.md: Keystone 30 and Nova 34 are what pip resolves on
-#: Debian 12's Python 3.11 and what was tried on this machine.
+def _installed_version(venv: Path, dist: str) -> str:
+    out = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            f"import importlib.metadata as m; print(m.version({dist!r}))",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+        env=_clean_env(),
+    )
+    return out.stdout.strip()
+
+
+def _files_from_sdist(
+    venv: Path, cache: Path, dist: str, members: Sequence[str], dest: Path, log: Any
+) -> None:
+    """Copy ``members`` (paths inside the sdist below ``<dist>-<version>/``;
+    a folder copies everything under it) of the installed release's sdist into
+    ``dest``.  The wheels of Vitrage and Masakari lack ``etc/``."""
+    import tarfile
+
+    version = _installed_version(venv, dist)
+    with tempfile.TemporaryDirectory(prefix=f"gha-sdist-{dist}-") as tmp:
+        with open(venv.with_name(venv.name + ".install.log"), "a") as logf:
+            _run_logged(
+                [
+                    str(venv / "bin" / "python"),
+                    "-m",
+                    "pip",
+                    "download",
+                    "--disable-pip-version-check",
+                    "--cache-dir",
+                    str(cache / "pip"),
+                    "--no-binary",
+                    ":all:",
+                    "--no-deps",
+                    "-d",
+                    tmp,
+                    f"{dist}=={version}",
+                ],
+                logf,
+                f"pip download {dist} sdist",
+                env=_clean_env(),
+            )
+        archives = [f for f in os.listdir(tmp) if f.endswith(".tar.gz")]
+        if not archives:
+            raise CloudStartError(f"no sdist of {dist}=={version} downloaded")
+        prefix = f"{dist}-{version}/"
+        with tarfile.open(os.path.join(tmp, archives[0])) as tar:
+            for member in tar.getmembers():
+                if not member.isfile() or not member.name.startswith(prefix):
+                    continue
+                rel = member.name[len(prefix) :]
+                for wanted in members:
+                    if rel == wanted or rel.startswith(wanted.rstrip("/") + "/"):
+                        target = dest / rel
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        source = tar.extractfile(member)
+                        assert source is not None
+                        target.write_bytes(source.read())
+    log(f"copied {', '.join(members)} from the {dist} {version} sdist")
+
+
+def _vitrage_post_install(venv: Path, cache: Path, log: Any) -> None:
+    _files_from_sdist(
+        venv,
+        cache,
+        "vitrage",
+        ["etc/vitrage/api-paste.ini", "etc/vitrage/datasources_values"],
+        venv,
+        log,
+    )
+
+
+def _masakari_post_install(venv: Path, cache: Path, log: Any) -> None:
+    _files_from_sdist(venv, cache, "masakari", ["etc/masakari/api-paste.ini"], venv, log)
+
+
+def _fix_vitrage_events_table(db: Path) -> None:
+    """Vitrage declares ``events.id`` as BigInteger autoincrement, which SQLite
+    does not auto-number (inserts then fail with NOT NULL on ``id``); recreate
+    the table with ``INTEGER PRIMARY KEY AUTOINCREMENT``, same columns."""
+    import sqlite3
+
+    con = sqlite3.connect(str(db))
+    try:
+        info = list(con.execute("PRAGMA table_info(events)"))
+        if not info:
+            raise CloudStartError(f"vitrage DB {db} has no events table")
+        columns = []
+        for _cid, name, ctype, notnull, _default, _pk in info:
+            if name == "id":
+                columns.append("id INTEGER PRIMARY KEY AUTOINCREMENT")
+            else:
+                columns.append(f"{name} {ctype}{' NOT NULL' if notnull else ''}")
+        names = ", ".join(row[1] for row in info)
+        con.executescript(
+            f"""
+            ALTER TABLE events RENAME TO events_old;
+            CREATE TABLE events ({", ".join(columns)});
+            INSERT INTO events ({names}) SELECT {names} FROM events_old;
+            DROP TABLE events_old;
+            """
+        )
+        con.commit()
+    finally:
+        con.close()
+
+
+def _vitrage_template(venv: Path, tpl: Path, log: Any) -> None:
+    conf = tpl / "vitrage.conf"
+    _write_ini(
+        conf,
+        {
+            "DEFAULT": {"transport_url": "fake:/"},
+            "database": {"connection": f"sqlite:///{tpl / 'vitrage.db'}"},
+        },
+    )
+    _run_logged(
+        [str(venv / "bin" / "vitrage-dbsync"), "--config-file", str(conf)],
+        log,
+        "vitrage-dbsync (template)",
+        env=_clean_env(),
+    )
+    _fix_vitrage_events_table(tpl / "vitrage.db")
+    conf.unlink()
+
+
+def _masakari_template(venv: Path, tpl: Path, log: Any) -> None:
+    conf = tpl / "masakari.conf"
+    _write_ini(
+        conf,
+        {
+            "DEFAULT": {"transport_url": "fake:/"},
+            "database": {"connection": f"sqlite:///{tpl / 'masakari.db'}"},
+            # `masakari-manage db sync` also builds the taskflow tables and
+            # fails without this, even though only the engine uses them.
+            "taskflow": {"connection": f"sqlite:///{tpl / 'masakari.db'}"},
+        },
+    )
+    _run_logged(
+        [str(venv / "bin" / "masakari-manage"), "--config-file", str(conf), "db", "sync"],
+        log,
+        "masakari-manage db sync (template)",
+        env=_clean_env(),
+    )
+    conf.unlink()
+
+
+#: Pinned per ENVIRONMENT.md: Keystone 30, Nova 34, Vitrage 15.0.1 and
+#: Masakari 22 are what pip resolves on Debian 12's Python 3.11 and what was
+#: tried on this machine.  Vitrage needs ``networkx<3.6`` (3.6 breaks its
+#: topology API with ``KeyError: 'links'``) and ``python-novaclient`` for its
+#: ``nova.*`` datasources.
 SERVICES: Dict[str, ServiceSpec] = {
     "keystone": ServiceSpec(
         "keystone", ("keystone>=30,<31", "gunicorn>=22"), db_template=_keystone_template
     ),
     "nova": ServiceSpec("nova", ("nova>=34,<35", "gunicorn>=22"), db_template=_nova_template),
+    "vitrage": ServiceSpec(
+        "vitrage",
+        ("vitrage==15.0.1", "networkx<3.6", "python-novaclient", "gunicorn>=22"),
+        post_install=_vitrage_post_install,
+        db_template=_vitrage_template,
+    ),
+    "masakari": ServiceSpec(
+        "masakari",
+        ("masakari>=22,<23", "gunicorn>=22"),
+        post_install=_masakari_post_install,
+        db_template=_masakari_template,
+    ),
 }
 
 
@@ -531,6 +704,100 @@ class GunicornService:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+class ProcessService:
+    """A plain (non-WSGI) service process in its venv, in its own process group
+    (``vitrage-graph``, ``vitrage-persistor``).  ``stop()`` signals the group
+    whose leader is the PID we started: SIGTERM, then SIGKILL."""
+
+    def __init__(
+        self,
+        name: str,
+        venv: Path,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Optional[Mapping[str, str]] = None,
+        port: Optional[int] = None,
+    ):
+        self.name = name
+        self.venv = venv
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.env = dict(env or {})
+        self.port = port
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def url(self) -> str:
+        assert self.port is not None, f"{self.name} serves no HTTP"
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, path: str, deadline: float, ok: Callable[[int], bool]) -> float:
+        """Poll ``GET path`` until ``ok(status)``; return seconds waited."""
+        started = time.monotonic()
+        last = "no answer"
+        while True:
+            self.check_alive()
+            try:
+                status, _, _ = _http("GET", self.url + path, timeout=5)
+                if ok(status):
+                    return time.monotonic() - started
+                last = f"HTTP {status}"
+            except (OSError, urllib.error.URLError) as exc:
+                last = str(exc)
+            if time.monotonic() > deadline:
+                raise CloudStartError(
+                    f"{self.name} not ready at {self.url}{path} ({last}); "
+                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                )
+            time.sleep(0.2)
+
+    def start(self) -> None:
+        env = _clean_env()
+        env.update(self.env)
+        env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(self.venv / "bin" / self.argv[0]), *self.argv[1:]],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise CloudStartError(
+                f"{self.name} exited with {self.proc.returncode}; "
+                f"log {self.log_path}:\n{_tail(self.log_path)}"
+            )
+
+    def stop(self, timeout: float = 5) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+            if proc.poll() is not None:
+                break
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Workers (cotyledon forks) that outlived their master share its group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 class NeutronStandIn:
     """STAND-IN for Neutron, not the real service.
 
@@ -670,6 +937,25 @@ class OpenStackCloud:
             "notifications": {"notify_on_state_change": "vm_state"}}``).
         keystone_conf: the same for keystone.conf.
         startup_timeout: seconds allowed for set-up and start, installs excluded.
+        vitrage: also run Vitrage 15.0.1 (``vitrage-api`` under gunicorn,
+            ``vitrage-graph``, ``vitrage-persistor``) with guest-ha's
+            datasource (``guest_ha.vitrage_datasource``) loaded next to the
+            ``nova.instance`` datasource, which pulls servers from our
+            nova-api.  Catalog: service type ``rca``.
+        vitrage_auth: ``"keystone"`` (default; keystonemiddleware against our
+            Keystone, user ``vitrage``) or ``"noauth"`` (queries then need
+            ``X-Roles: admin`` and ``X-Project-Id`` headers).
+        vitrage_snapshots_interval: seconds between Vitrage datasource
+            snapshots (Vitrage's minimum, 10, by default: servers seeded after
+            start show up as real ``nova.instance`` vertices within that).
+        masakari: also run masakari-api 22 under gunicorn.  Catalog: service
+            type ``instance-ha``.
+        masakari_auth: ``"keystone"`` (default, user ``masakari``) or
+            ``"noauth2"``.
+        rabbit_url: RabbitMQ for Vitrage (``rabbit://...``).  When Vitrage is
+            wanted and none is given, the cloud starts its own private
+            ``RabbitMQNode`` and stops it again.
+        vitrage_conf / masakari_conf: extra sections merged into their configs.
     """
 
     ADMIN_USER = "admin"
@@ -677,6 +963,8 @@ class OpenStackCloud:
     DOMAIN = "Default"
     REGION = "RegionOne"
     NOVA_SERVICE_USER = "nova"
+    VITRAGE_SERVICE_USER = "vitrage"
+    MASAKARI_SERVICE_USER = "masakari"
     SERVICE_PROJECT = "service"
 
     def __init__(
@@ -688,9 +976,36 @@ class OpenStackCloud:
         keep_state: Optional[bool] = None,
         startup_timeout: float = 180,
         cache: Optional[Path] = None,
+        vitrage: bool = False,
+        vitrage_auth: str = "keystone",
+        vitrage_conf: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        vitrage_snapshots_interval: int = 10,
+        masakari: bool = False,
+        masakari_auth: str = "keystone",
+        masakari_conf: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        rabbit_url: Optional[str] = None,
     ):
         if nova_auth not in ("keystone", "headers"):
             raise ValueError("nova_auth must be 'keystone' or 'headers'")
+        if vitrage_auth not in ("keystone", "noauth"):
+            raise ValueError("vitrage_auth must be 'keystone' or 'noauth'")
+        if masakari_auth not in ("keystone", "noauth2"):
+            raise ValueError("masakari_auth must be 'keystone' or 'noauth2'")
+        self.with_vitrage = vitrage
+        self.vitrage_auth = vitrage_auth
+        self._vitrage_conf_extra = vitrage_conf
+        self.vitrage_snapshots_interval = vitrage_snapshots_interval
+        self.with_masakari = masakari
+        self.masakari_auth = masakari_auth
+        self._masakari_conf_extra = masakari_conf
+        self.rabbit_url = rabbit_url
+        self.rabbit: Any = None  # a RabbitMQNode the cloud started itself
+        self.vitrage_api: Optional[GunicornService] = None
+        self.vitrage_graph: Optional[ProcessService] = None
+        self.vitrage_persistor: Optional[ProcessService] = None
+        self.masakari_api: Optional[ProcessService] = None
+        self.vitrage_service_password = "gha-vitrage-" + uuidlib.uuid4().hex[:12]
+        self.masakari_service_password = "gha-masakari-" + uuidlib.uuid4().hex[:12]
         self.nova_auth = nova_auth
         self._nova_conf_extra = nova_conf
         self._keystone_conf_extra = keystone_conf
@@ -736,6 +1051,18 @@ class OpenStackCloud:
         return self.neutron.url
 
     @property
+    def vitrage_url(self) -> str:
+        """Vitrage API root, as in the catalog (``rca``): ``http://127.0.0.1:PORT``."""
+        assert self.vitrage_api is not None, "cloud started without vitrage"
+        return self.vitrage_api.url
+
+    @property
+    def masakari_url(self) -> str:
+        """Masakari API v1, as in the catalog (``instance-ha``): ``.../v1``."""
+        assert self.masakari_api is not None, "cloud started without masakari"
+        return self.masakari_api.url + "/v1"
+
+    @property
     def admin_credentials(self) -> Dict[str, str]:
         """keystoneauth1 ``v3.Password`` keyword arguments for the admin user."""
         return {
@@ -760,12 +1087,15 @@ class OpenStackCloud:
         self._started = True
         t = _Timings(self.timings)
         try:
+            names = ["keystone", "nova"]
+            names += ["vitrage"] if self.with_vitrage else []
+            names += ["masakari"] if self.with_masakari else []
             with t.measure("install"):
-                self.venvs = ensure_venvs(["keystone", "nova"], cache=self._cache)
+                self.venvs = ensure_venvs(names, cache=self._cache)
             started = time.monotonic()
             deadline = started + self.startup_timeout
             self.state_dir = Path(tempfile.mkdtemp(prefix="gha-openstack-"))
-            _log(f"starting Keystone + nova-api in {self.state_dir}")
+            _log(f"starting {' + '.join(names)} in {self.state_dir}")
             self.neutron = NeutronStandIn().start()
             self.keystone = GunicornService(
                 "keystone",
@@ -786,21 +1116,56 @@ class OpenStackCloud:
                     "OS_NOVA_CONFIG_FILES": "api-paste.ini;nova.conf",
                 },
             )
-            # Keystone and nova-api are set up and started side by side; nova-api
-            # needs Keystone only once a request arrives.
-            self._parallel(
-                [
-                    ("keystone", lambda: self._bring_up_keystone(deadline)),
-                    ("nova", lambda: self._bring_up_nova(deadline)),
-                ],
-                t,
-            )
+            steps: List[Tuple[str, Callable[[], None]]] = [
+                ("keystone", lambda: self._bring_up_keystone(deadline)),
+                ("nova", lambda: self._bring_up_nova(deadline)),
+            ]
+            if self.with_masakari:
+                # masakari-api's own eventlet server, not gunicorn: importing
+                # masakari's WSGI module monkey-patches eventlet into gunicorn's
+                # threads, and its first Keystone call then hangs.
+                self.masakari_api = ProcessService(
+                    "masakari-api",
+                    self.venvs["masakari"],
+                    [
+                        "masakari-api",
+                        "--config-file",
+                        str(self.state_dir / "masakari" / "masakari.conf"),
+                    ],
+                    self.state_dir / "logs" / "masakari-api.log",
+                    port=free_port(),
+                )
+                steps.append(("masakari", lambda: self._bring_up_masakari(deadline)))
+            if self.with_vitrage:
+                self.vitrage_api = GunicornService(
+                    "vitrage-api",
+                    self.venvs["vitrage"],
+                    "gha_vitrage_wsgi:application",
+                    free_port(),
+                    self.state_dir / "logs" / "vitrage-api.log",
+                    env=self._vitrage_env(),
+                )
+                steps.append(("rabbitmq", self._ensure_rabbit))
+            # Keystone, nova-api and masakari-api are set up and started side by
+            # side (each needs Keystone only once a request arrives); Vitrage's
+            # RabbitMQ node starts meanwhile.
+            self._parallel(steps, t)
             with t.measure("catalog"):
                 self._register_catalog()
+            if self.with_vitrage:
+                # After the catalog: vitrage-graph's first snapshot asks
+                # Keystone for the compute endpoint.
+                with t.measure("vitrage"):
+                    self._bring_up_vitrage(deadline)
             self.timings["start_total"] = round(time.monotonic() - started, 2)
+            extra = ""
+            if self.with_vitrage:
+                extra += f", vitrage {self.vitrage_url}"
+            if self.with_masakari:
+                extra += f", masakari {self.masakari_url}"
             _log(
                 f"cloud up in {self.timings['start_total']} s: keystone {self.auth_url}, "
-                f"nova {self.nova_url}, neutron stand-in {self.neutron_url}"
+                f"nova {self.nova_url}{extra}, neutron stand-in {self.neutron_url}"
             )
         except BaseException:
             self.stop()
@@ -809,9 +1174,11 @@ class OpenStackCloud:
 
     def stop(self) -> None:
         """Stop every process this cloud started (by PID) and remove its state dir."""
-        for service in (self.nova, self.keystone):
-            if service is not None:
-                service.stop()
+        for service in self._services():
+            service.stop()
+        if self.rabbit is not None:
+            self.rabbit.stop()
+            self.rabbit = None
         if self.neutron is not None:
             self.neutron.stop()
             self.neutron = None
@@ -824,9 +1191,18 @@ class OpenStackCloud:
 
     def pids(self) -> Dict[str, int]:
         """PIDs of the running service processes (gunicorn masters)."""
-        return {
-            s.name: s.pid for s in (self.keystone, self.nova) if s is not None and s.pid is not None
-        }
+        return {s.name: s.pid for s in self._services() if s.pid is not None}
+
+    def _services(self) -> List[Any]:
+        found = (
+            self.vitrage_api,
+            self.vitrage_persistor,
+            self.vitrage_graph,
+            self.masakari_api,
+            self.nova,
+            self.keystone,
+        )
+        return [s for s in found if s is not None]
 
     @staticmethod
     def _parallel(steps: Sequence[Tuple[str, Callable[[], None]]], t: _Timings) -> None:
@@ -983,49 +1359,284 @@ class OpenStackCloud:
         project = call(
             "POST", "/projects", {"project": {"name": self.SERVICE_PROJECT, "domain_id": domain_id}}
         )["project"]
-        user = call(
-            "POST",
-            "/users",
-            {
-                "user": {
-                    "name": self.NOVA_SERVICE_USER,
-                    "password": self.nova_service_password,
-                    "domain_id": domain_id,
-                    "default_project_id": project["id"],
-                }
-            },
-        )["user"]
         roles = {r["name"]: r["id"] for r in call("GET", "/roles")["roles"]}
         if "service" not in roles:
             roles["service"] = call("POST", "/roles", {"role": {"name": "service"}})["role"]["id"]
-        for role in ("service", "admin"):
-            call("PUT", f"/projects/{project['id']}/users/{user['id']}/roles/{roles[role]}")
-        service = call(
-            "POST",
-            "/services",
-            {
-                "service": {
-                    "name": "nova",
-                    "type": "compute",
-                    "enabled": True,
-                    "description": "nova-api (guest-ha test fixture)",
-                }
-            },
-        )["service"]
-        for interface in ("public", "internal", "admin"):
-            call(
+        # (service user, password, catalog name, type, URL, description)
+        entries: List[Tuple[str, str, str, str, str, str]] = [
+            (
+                self.NOVA_SERVICE_USER,
+                self.nova_service_password,
+                "nova",
+                "compute",
+                self.nova_url,
+                "nova-api (guest-ha test fixture)",
+            )
+        ]
+        if self.vitrage_api is not None:
+            entries.append(
+                (
+                    self.VITRAGE_SERVICE_USER,
+                    self.vitrage_service_password,
+                    "vitrage",
+                    "rca",
+                    self.vitrage_url,
+                    "vitrage-api (guest-ha test fixture)",
+                )
+            )
+        if self.masakari_api is not None:
+            entries.append(
+                (
+                    self.MASAKARI_SERVICE_USER,
+                    self.masakari_service_password,
+                    "masakari",
+                    "instance-ha",
+                    self.masakari_url,
+                    "masakari-api (guest-ha test fixture)",
+                )
+            )
+        for username, password, name, service_type, url, description in entries:
+            user = call(
                 "POST",
-                "/endpoints",
+                "/users",
                 {
-                    "endpoint": {
-                        "service_id": service["id"],
-                        "interface": interface,
-                        "region_id": self.REGION,
-                        "url": self.nova_url,
-                        "enabled": True,
+                    "user": {
+                        "name": username,
+                        "password": password,
+                        "domain_id": domain_id,
+                        "default_project_id": project["id"],
                     }
                 },
-            )
+            )["user"]
+            for role in ("service", "admin"):
+                call("PUT", f"/projects/{project['id']}/users/{user['id']}/roles/{roles[role]}")
+            service = call(
+                "POST",
+                "/services",
+                {
+                    "service": {
+                        "name": name,
+                        "type": service_type,
+                        "enabled": True,
+                        "description": description,
+                    }
+                },
+            )["service"]
+            for interface in ("public", "internal", "admin"):
+                call(
+                    "POST",
+                    "/endpoints",
+                    {
+                        "endpoint": {
+                            "service_id": service["id"],
+                            "interface": interface,
+                            "region_id": self.REGION,
+                            "url": url,
+                            "enabled": True,
+                        }
+                    },
+                )
+
+    def _authtoken_section(self, username: str, password: str) -> Dict[str, Any]:
+        """``[keystone_authtoken]`` for a service user of ours."""
+        assert self.keystone is not None
+        return {
+            "www_authenticate_uri": self.keystone.url + "/v3",
+            "auth_url": self.keystone.url + "/v3",
+            "auth_type": "password",
+            "username": username,
+            "password": password,
+            "project_name": self.SERVICE_PROJECT,
+            "user_domain_name": self.DOMAIN,
+            "project_domain_name": self.DOMAIN,
+            "region_name": self.REGION,
+            "interface": "public",
+        }
+
+    # ----------------------------------------------------------------- rabbitmq
+    def _ensure_rabbit(self) -> None:
+        if self.rabbit_url:
+            return
+        from guest_ha.testing.rabbitmq import RabbitMQNode
+
+        self.rabbit = RabbitMQNode()
+        self.rabbit.start()
+        self.rabbit_url = self.rabbit.url
+
+    # ----------------------------------------------------------------- masakari
+    def _setup_masakari(self) -> None:
+        assert self.state_dir is not None and self.keystone is not None
+        assert self.masakari_api is not None
+        mdir = self.state_dir / "masakari"
+        mdir.mkdir(parents=True, exist_ok=True)
+        venv = self.venvs["masakari"]
+        shutil.copyfile(venv / "etc" / "masakari" / "api-paste.ini", mdir / "api-paste.ini")
+        shutil.copyfile(venv / _TEMPLATES / "masakari.db", mdir / "masakari.db")
+        db = f"sqlite:///{mdir / 'masakari.db'}"
+        sections: Dict[str, Dict[str, Any]] = {
+            "DEFAULT": {
+                "auth_strategy": self.masakari_auth,
+                # The API casts notifications to masakari-engine over RPC; no
+                # engine runs here, so an in-process fake bus swallows them.
+                "transport_url": "fake:/",
+                "use_stderr": "true",
+                # Default: sleep up to 5 s before storing each notification.
+                "notification_delay_max": 0,
+                "os_privileged_user_name": self.MASAKARI_SERVICE_USER,
+                "os_privileged_user_password": self.masakari_service_password,
+                "os_privileged_user_tenant": self.SERVICE_PROJECT,
+                "os_privileged_user_auth_url": self.keystone.url + "/v3",
+                "os_user_domain_name": self.DOMAIN,
+                "os_project_domain_name": self.DOMAIN,
+                "os_region_name": self.REGION,
+                "nova_catalog_admin_info": "compute:nova:publicURL",
+                "masakari_api_listen": "127.0.0.1",
+                "masakari_api_listen_port": self.masakari_api.port,
+                "masakari_api_workers": 1,
+            },
+            "wsgi": {"api_paste_config": mdir / "api-paste.ini"},
+            "database": {"connection": db},
+            "taskflow": {"connection": db},
+            "oslo_concurrency": {"lock_path": mdir},
+            "keystone_authtoken": self._authtoken_section(
+                self.MASAKARI_SERVICE_USER, self.masakari_service_password
+            ),
+        }
+        _write_ini(mdir / "masakari.conf", _merge(sections, self._masakari_conf_extra))
+
+    def _bring_up_masakari(self, deadline: float) -> None:
+        assert self.masakari_api is not None
+        with _Timings(self.timings).measure("masakari_setup"):
+            self._setup_masakari()
+        self.masakari_api.start()
+        self.masakari_api.wait_ready("/", deadline, lambda s: s in (200, 300))
+
+    # ----------------------------------------------------------------- vitrage
+    def _vitrage_env(self) -> Dict[str, str]:
+        """Environment of the Vitrage processes: their config file, and this
+        project's package on ``sys.path`` so ``guest_ha.vitrage_datasource``
+        imports (the datasource needs only Vitrage and the standard library)."""
+        assert self.state_dir is not None
+        import guest_ha
+
+        package_root = str(Path(guest_ha.__file__).resolve().parent.parent)
+        return {
+            "PYTHONPATH": package_root,
+            "GHA_VITRAGE_CONFIG": str(self.state_dir / "vitrage" / "vitrage.conf"),
+        }
+
+    def _setup_vitrage(self) -> None:
+        assert self.state_dir is not None and self.keystone is not None
+        from guest_ha.vitrage_datasource import values_file
+
+        vdir = self.state_dir / "vitrage"
+        values = vdir / "datasources_values"
+        values.mkdir(parents=True, exist_ok=True)
+        venv = self.venvs["vitrage"]
+        for src in (venv / "etc" / "vitrage" / "datasources_values").glob("*.yaml"):
+            shutil.copyfile(src, values / src.name)
+        shutil.copyfile(values_file(), values / Path(values_file()).name)
+        conf = vdir / "vitrage.conf"
+        paste = (venv / "etc" / "vitrage" / "api-paste.ini").read_text()
+        # keystonemiddleware inside Vitrage's auth filter reads its own
+        # ConfigOpts: point it at our file instead of /etc/vitrage.
+        paste = paste.replace(
+            "[filter:basic_and_keystone_auth]\n",
+            f"[filter:basic_and_keystone_auth]\noslo_config_file = {conf}\n",
+        )
+        (vdir / "api-paste.ini").write_text(paste)
+        shutil.copyfile(venv / _TEMPLATES / "vitrage.db", vdir / "vitrage.db")
+        creds = self._authtoken_section(self.VITRAGE_SERVICE_USER, self.vitrage_service_password)
+        sections: Dict[str, Dict[str, Any]] = {
+            "DEFAULT": {
+                "transport_url": self.rabbit_url,
+                "use_stderr": "true",
+                "host": "gha-vitrage",
+            },
+            "api": {
+                "auth_mode": self.vitrage_auth,
+                "paste_config": vdir / "api-paste.ini",
+                "host": "127.0.0.1",
+            },
+            "database": {"connection": f"sqlite:///{vdir / 'vitrage.db'}"},
+            "datasources": {
+                "path": "vitrage.datasources,guest_ha.vitrage_datasource",
+                "types": "nova.instance,guest_ha",
+                "snapshots_interval": self.vitrage_snapshots_interval,
+            },
+            "entity_graph": {"datasources_values_dir": values},
+            "oslo_concurrency": {"lock_path": vdir},
+            "keystone_authtoken": creds,
+            "service_credentials": {k: v for k, v in creds.items() if k != "www_authenticate_uri"},
+        }
+        _write_ini(conf, _merge(sections, self._vitrage_conf_extra))
+
+    def vitrage_headers(self) -> Dict[str, str]:
+        """Headers for Vitrage queries: a token (keystone mode) or the admin
+        identity (noauth mode)."""
+        if self.vitrage_auth == "keystone":
+            return {"X-Auth-Token": self.token()}
+        return {"X-Roles": "admin", "X-Project-Id": self.admin_project_id}
+
+    def _bring_up_vitrage(self, deadline: float) -> None:
+        assert self.vitrage_api is not None and self.state_dir is not None
+        with _Timings(self.timings).measure("vitrage_setup"):
+            self._setup_vitrage()
+        venv = self.venvs["vitrage"]
+        conf = str(self.state_dir / "vitrage" / "vitrage.conf")
+        logs = self.state_dir / "logs"
+        self.vitrage_graph = ProcessService(
+            "vitrage-graph",
+            venv,
+            ["vitrage-graph", "--config-file", conf],
+            logs / "vitrage-graph.log",
+            env=self._vitrage_env(),
+        )
+        self.vitrage_persistor = ProcessService(
+            "vitrage-persistor",
+            venv,
+            ["vitrage-persistor", "--config-file", conf],
+            logs / "vitrage-persistor.log",
+            env=self._vitrage_env(),
+        )
+        self.vitrage_graph.start()
+        self.vitrage_persistor.start()
+        self.vitrage_api.start()
+        self.vitrage_api.wait_ready("/", deadline, lambda s: s in (200, 300))
+        # The graph answers the API over RPC once its first snapshot is in.
+        started = time.monotonic()
+        last = ""
+        while True:
+            for proc in (self.vitrage_graph, self.vitrage_persistor):
+                proc.check_alive()
+            try:
+                status, _, payload = _http(
+                    "GET",
+                    self.vitrage_url + "/v1/resources/?all_tenants=true",
+                    headers=self.vitrage_headers(),
+                    timeout=10,
+                )
+                if status == 200:
+                    break
+                last = f"HTTP {status} {str(payload)[:200]}"
+            except (OSError, urllib.error.URLError) as exc:
+                last = str(exc)
+            if time.monotonic() > deadline:
+                raise CloudStartError(
+                    f"vitrage-graph not answering ({last}); log {logs / 'vitrage-graph.log'}:\n"
+                    f"{_tail(logs / 'vitrage-graph.log')}"
+                )
+            time.sleep(0.5)
+        self.timings["vitrage_graph_ready"] = round(time.monotonic() - started, 2)
+
+    def vitrage_get(self, path: str, timeout: float = 30) -> Any:
+        """``GET`` a Vitrage API path (e.g. ``/v1/alarm/?all_tenants=true``) as admin."""
+        status, _, payload = _http(
+            "GET", self.vitrage_url + path, headers=self.vitrage_headers(), timeout=timeout
+        )
+        if status != 200:
+            raise CloudStartError(f"Vitrage GET {path}: HTTP {status} {payload}")
+        return payload
 
     # ----------------------------------------------------------------- nova
     def _setup_nova(self) -> None:

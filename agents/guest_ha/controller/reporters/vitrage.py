@@ -1,0 +1,143 @@
+"""The ``vitrage`` reporter: a Doctor southbound event, ``POST /v1/event``
+(service type ``rca``), for guest-ha's own Vitrage datasource
+(``guest_ha.vitrage_datasource``) to turn into an alarm on the instance.
+
+Body (flat; ``time`` with microseconds, UTC, no zone suffix)::
+
+    {"time": "2026-11-24T07:04:02.852066",
+     "type": "guest_ha.instance.fault",          # or guest_ha.instance.recovered
+     "details": {"instance_id": UUID, "kind": "heartbeat_lost",
+                 "reason": "...", "compute_host": "compute-1",
+                 "status": "fault",                 # or "ok"
+                 "severity": "critical", "idempotency_key": "...",
+                 "source": "guest-ha"}}
+
+``status`` is never ``up``/``down``: vitrage-api would re-type such events
+for the stock ``doctor`` datasource, which attaches alarms to hosts only.
+
+Posting is idempotent in effect: the datasource keeps one alarm per instance,
+so a repeated fault refreshes it and a repeated recovery is dropped.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Dict, Optional
+
+from ...vitrage_datasource import (
+    DETAIL_INSTANCE,
+    DETAIL_STATUS,
+    FAULT_EVENT,
+    RECOVERED_EVENT,
+    STATUS_FAULT,
+    STATUS_OK,
+    TIME_FORMAT,
+)
+from . import ReporterError, http_error
+
+#: Severity of the alarm per fault kind (``datasources_values/guest_ha.yaml``).
+SEVERITY = {
+    "heartbeat_lost": "critical",
+    "vm_crashed": "critical",
+    "restart_timeout": "critical",
+    "unhealthy": "major",
+}
+
+
+def vitrage_time(value: Any) -> str:
+    """``%Y-%m-%dT%H:%M:%S.%f`` in UTC from the event's ISO time (``...Z``);
+    now, if the event has none or it cannot be read."""
+    if isinstance(value, str) and value:
+        text = value.strip()
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            parsed = None
+        if parsed is not None:
+            if parsed.tzinfo is not None:
+                parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+            return parsed.strftime(TIME_FORMAT)
+    return datetime.now(timezone.utc).replace(tzinfo=None).strftime(TIME_FORMAT)
+
+
+def build_event(event: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The ``/v1/event`` body for a guest-ha event, or ``None`` if the event is
+    neither a fault nor a recovery."""
+    kind = event.get("kind")
+    if event.get("fault"):
+        event_type, status = FAULT_EVENT, STATUS_FAULT
+        severity = SEVERITY.get(str(kind), "critical")
+    elif kind == "recovered":
+        event_type, status, severity = RECOVERED_EVENT, STATUS_OK, "OK"
+    else:
+        return None
+    detail = event.get("detail") or {}
+    details: Dict[str, Any] = {
+        DETAIL_INSTANCE: event["instance_uuid"],
+        "kind": kind,
+        DETAIL_STATUS: status,
+        "severity": severity,
+        "source": "guest-ha",
+    }
+    optional = {
+        "reason": detail.get("reason"),
+        "compute_host": event.get("compute_host"),
+        "domain": event.get("domain"),
+        "idempotency_key": event.get("idempotency_key"),
+        "previous_fault": detail.get("previous_fault"),
+    }
+    details.update({k: v for k, v in optional.items() if v is not None})
+    return {"time": vitrage_time(event.get("time")), "type": event_type, "details": details}
+
+
+class VitrageReporter:
+    name = "vitrage"
+
+    def __init__(
+        self,
+        session: Any,
+        *,
+        region: Optional[str] = None,
+        interface: str = "public",
+        timeout: float = 10.0,
+    ) -> None:
+        self.session = session
+        self.timeout = timeout
+        self.endpoint_filter = {
+            "service_type": "rca",
+            "interface": interface,
+            "region_name": region,
+        }
+
+    def report(self, event: Dict[str, Any]) -> None:
+        body = build_event(event)
+        if body is None:
+            return
+        what = f"Vitrage event {body['type']} for {event['instance_uuid']}"
+        try:
+            response = self.session.post(
+                "/v1/event",
+                json=body,
+                endpoint_filter=self.endpoint_filter,
+                raise_exc=False,
+                timeout=self.timeout,
+            )
+        except Exception as exc:  # connection refused, auth failure, catalog missing...
+            raise ReporterError(f"Vitrage unreachable: {exc}") from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if status == 404 and "Failed to post event" in _text(response):
+            # vitrage-api answers 404 "Failed to post event" when its RPC call
+            # to vitrage-graph fails (graph down or restarting): transient.
+            raise ReporterError(f"{what}: HTTP 404 (vitrage-graph not answering)", True)
+        raise http_error(status, what)
+
+
+def _text(response: Any) -> str:
+    try:
+        return str(response.text)[:500]
+    except Exception:
+        return ""
