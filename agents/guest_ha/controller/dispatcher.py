@@ -60,11 +60,15 @@ class Dispatcher:
         self._threads: List[threading.Thread] = []
 
     def start(self) -> None:
+        """``workers`` threads per reporter: a slow reporter never delays another."""
         self._running = True
-        for i in range(self.workers):
-            t = threading.Thread(target=self._work, name=f"dispatch-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        for name in self.reporters:
+            for i in range(self.workers):
+                t = threading.Thread(
+                    target=self._work, args=(name,), name=f"dispatch-{name}-{i}", daemon=True
+                )
+                t.start()
+                self._threads.append(t)
 
     def stop(self) -> None:
         self._running = False
@@ -83,10 +87,10 @@ class Dispatcher:
                 self._wake.wait(timeout=seconds)
             self._pending_wake = False
 
-    def _work(self) -> None:
+    def _work(self, reporter: str) -> None:
         while self._running:
             try:
-                batch = self.store.claim(self.owner, self.lease_s, limit=1)
+                batch = self.store.claim(self.owner, self.lease_s, limit=1, reporter=reporter)
             except Exception:
                 LOG.exception("cannot claim deliveries")
                 self._sleep(1.0)

@@ -128,7 +128,9 @@ class EventStore:
         )
         return True
 
-    def claim(self, owner: str, lease_s: float, limit: int = 16) -> List[Delivery]:
+    def claim(
+        self, owner: str, lease_s: float, limit: int = 16, reporter: Optional[str] = None
+    ) -> List[Delivery]:
         """Lease due deliveries whose earlier siblings (same instance and reporter)
         are all delivered."""
         now = self.clock()
@@ -137,7 +139,7 @@ class EventStore:
                 """
                 SELECT d.key, d.reporter, d.attempts, e.body, e.received_at
                 FROM deliveries d JOIN events e ON e.key = d.key
-                WHERE d.state = 'pending' AND d.next_attempt <= ?
+                WHERE d.state = 'pending' AND d.next_attempt <= ? AND (? IS NULL OR d.reporter = ?)
                   AND (d.lease_until IS NULL OR d.lease_until < ?)
                   AND NOT EXISTS (
                     SELECT 1 FROM deliveries d2 JOIN events e2 ON e2.key = d2.key
@@ -145,7 +147,7 @@ class EventStore:
                       AND e2.instance_uuid = e.instance_uuid AND e2.seq < e.seq)
                 ORDER BY e.seq LIMIT ?
                 """,
-                (now, now, limit),
+                (now, reporter, reporter, now, limit),
             ).fetchall()
             db.executemany(
                 "UPDATE deliveries SET lease_owner = ?, lease_until = ? "
