@@ -8,7 +8,7 @@ this process receives it; with ``--nova``, the ``nova`` reporter calls a real
 nova-api (Keystone-authenticated) and its latency is to the completed
 ``os-resetState`` call, read from the controller's store.
 
-    python bench/fault_pipeline.py --faults 200 [--nova]
+    python bench/fault_pipeline.py --faults 200 [--rate 5] [--nova]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
 from collections import Counter
 
@@ -41,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--faults", type=int, default=100, help="fault events to send")
     parser.add_argument("--vms", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=5.0, help="faults per second")
     parser.add_argument("--nova", action="store_true", help="also report to a real nova-api")
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="gha-bench-")
@@ -86,15 +88,16 @@ def main() -> None:
                 for vm in vms:
                     engine.wait_event("registered", vm.uuid, timeout=30)
                 _bench.progress(f"sending {args.faults} faults")
-                sent = 0
-                while sent < args.faults:
-                    for vm in vms[: min(len(vms), args.faults - sent)]:
-                        sim.set_health(vm.uuid, False, "bench fault")
-                        sent += 1
-                    time.sleep(0.25)
-                    for vm in vms:
-                        sim.set_health(vm.uuid, True)
-                    time.sleep(0.25)
+                # One VM at a time turns unhealthy, at --rate faults per second, and
+                # recovers 0.3 s later: latency is measured, not throughput.
+                period = 1.0 / args.rate
+                next_at = time.monotonic()
+                for sent in range(args.faults):
+                    vm = vms[sent % len(vms)]
+                    sim.set_health(vm.uuid, False, "bench fault")
+                    threading.Timer(0.3, sim.set_health, (vm.uuid, True)).start()
+                    next_at += period
+                    time.sleep(max(0.0, next_at - time.monotonic()))
                 faults = lambda: [e for e in engine.events() if e["fault"]]  # noqa: E731
                 wait_until(lambda: len(faults()) >= args.faults, 120, interval=0.2)
                 wait_until(

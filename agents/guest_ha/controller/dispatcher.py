@@ -55,7 +55,7 @@ class Dispatcher:
         self.backoff_max_s = backoff_max_s
         self.stats = ReporterStats()
         self._wake = threading.Condition()
-        self._pending_wake = False
+        self._generation = 0
         self._running = False
         self._threads: List[threading.Thread] = []
 
@@ -78,27 +78,28 @@ class Dispatcher:
 
     def wake(self) -> None:
         with self._wake:
-            self._pending_wake = True
+            self._generation += 1
             self._wake.notify_all()
 
-    def _sleep(self, seconds: float) -> None:
+    def _sleep(self, seconds: float, seen: int) -> None:
+        """Wait up to ``seconds`` unless a wake-up came after generation ``seen``."""
         with self._wake:
-            if not self._pending_wake:
+            if self._generation == seen:
                 self._wake.wait(timeout=seconds)
-            self._pending_wake = False
 
     def _work(self, reporter: str) -> None:
         while self._running:
+            seen = self._generation  # read before claiming: no wake-up can be missed
             try:
                 batch = self.store.claim(self.owner, self.lease_s, limit=1, reporter=reporter)
             except Exception:
                 LOG.exception("cannot claim deliveries")
-                self._sleep(1.0)
+                self._sleep(1.0, seen)
                 continue
             if not batch:
                 due = self.store.next_due()
                 delay = 0.5 if due is None else min(0.5, max(0.0, due - time.time()))
-                self._sleep(delay if delay > 0 else 0.01)
+                self._sleep(delay if delay > 0 else 0.01, seen)
                 continue
             for delivery in batch:
                 self._deliver(delivery)
