@@ -34,9 +34,11 @@ class ControllerLink:
         self.transport = get_transport()
         self.client = ControllerClient(self.transport, self.host)
         self.engine: Any = None
-        self.sink = ForwardingSink(
+        self.forwarder = ForwardingSink(
             Spool(link.spool_dir), self._send_batch, self.host, status=self._status
         )
+        self.sink = _LinkSink(self)
+        self._states_dirty = threading.Event()
         self.relay = ServerGroupRelay(ControllerClient(self.transport, self.host), self.host)
         self._server: Any = None
         self._stopping = False
@@ -57,6 +59,47 @@ class ControllerLink:
         engine.sg_relay = self.relay
         # serve_compute() blocks while the broker is down: never hold up the agent.
         threading.Thread(target=self._serve, name="compute-rpc", daemon=True).start()
+        threading.Thread(target=self._report_states, name="vm-states", daemon=True).start()
+
+    # -- member states for server groups (standalone membership, status answers) -----
+    def _collect_states(self) -> List[Dict[str, Any]]:
+        """Runs in the engine thread: the state of every VM with server groups on."""
+        out = []
+        for vm in list(self.engine.vms.values()):
+            if not vm.spec.server_group_messaging:
+                continue
+            state, power = _nova_states(vm)
+            out.append(
+                {
+                    "uuid": vm.spec.uuid,
+                    "name": vm.spec.name,
+                    "state": state,
+                    "power_state": power,
+                    "task_state": None,
+                    "group": vm.spec.server_group,
+                    "guest_health": vm.channel.heartbeat.health,
+                }
+            )
+        return out
+
+    def _report_states(self) -> None:
+        import queue as queuelib
+
+        while not self._stopping:
+            self._states_dirty.wait(timeout=STATES_INTERVAL_S)
+            self._states_dirty.clear()
+            if self._stopping:
+                return
+            answer: "queuelib.Queue[List[Dict[str, Any]]]" = queuelib.Queue()
+            self.engine.post(lambda q=answer: q.put(self._collect_states()))
+            try:
+                states = answer.get(timeout=5)
+            except queuelib.Empty:
+                continue
+            try:
+                self.relay.client.cast("vm_states", host=self.host, vms=states, full=True)
+            except Exception as exc:  # best effort; the next round repeats it
+                LOG.debug("vm states not sent: %s", exc)
 
     def _serve(self) -> None:
         from ..messaging.rpc import serve_compute
@@ -74,7 +117,9 @@ class ControllerLink:
 
     def close(self) -> None:
         self._stopping = True
+        self._states_dirty.set()
         self.relay.close()
+        self.forwarder.close()
         if self._server is not None:
             from ..messaging.rpc import stop_server
 
@@ -83,8 +128,43 @@ class ControllerLink:
     def snapshot(self) -> Optional[Dict[str, Any]]:
         return {
             "host": self.host,
-            "spool_depth": self.sink.spool.depth,
-            "forwarded": self.sink.sent,
+            "spool_depth": self.forwarder.spool.depth,
+            "forwarded": self.forwarder.sent,
             "sg_relayed": self.relay.relayed,
             "sg_dropped": self.relay.dropped,
         }
+
+
+STATES_INTERVAL_S = 5.0
+_STATE_EVENTS = frozenset(
+    {"registered", "exit", "suspended", "vm_crashed", "heartbeat_lost", "unhealthy", "recovered"}
+)
+
+
+def _nova_states(vm: Any) -> "tuple[str, str]":
+    """(vm_state, power_state) in Nova's words, from what the agent knows."""
+    reason = vm.lifecycle_suspended or ""
+    if vm.channel.heartbeat.health == "vm_crashed":
+        return "error", "crashed"
+    if reason.startswith(("paused", "suspended", "pmsuspended")):
+        return "paused", "paused"
+    if reason.startswith(("stopped", "shutdown")):
+        return "stopped", "shutdown"
+    if vm.state != "connected":
+        return "stopped", "shutdown"
+    return "active", "running"
+
+
+class _LinkSink:
+    """Forwards every event; a lifecycle or health change also refreshes member states."""
+
+    def __init__(self, link: ControllerLink) -> None:
+        self.link = link
+
+    def emit(self, event: Any) -> None:
+        self.link.forwarder.emit(event)
+        if event.kind in _STATE_EVENTS:
+            self.link._states_dirty.set()
+
+    def close(self) -> None:
+        pass
