@@ -32,6 +32,16 @@ def cmd_run(config_files: List[str], log_level: str) -> int:
         print(f"guest-ha-controller: configuration error: {exc}", file=sys.stderr)
         return 2
     c = conf.controller
+    transport = get_transport()
+    router = None
+    if conf.server_groups.enabled:
+        from .server_groups import build_router, start_listeners
+
+        try:
+            router = build_router(conf, transport)
+        except Exception as exc:  # bad clouds.yaml etc.: a configuration error
+            print(f"guest-ha-controller: [server_groups]: {exc}", file=sys.stderr)
+            return 2
     service = ControllerService(
         database=c.database,
         reporters=reporters,
@@ -40,11 +50,14 @@ def cmd_run(config_files: List[str], log_level: str) -> int:
         lease_s=c.lease_s,
         retry_initial_s=c.retry_initial_s,
         retry_max_s=c.retry_max_s,
+        server_groups=router,
     )
     service.start()
+    if router is not None:
+        start_listeners(router, conf)
     if c.status_listen:
         service.serve_http(c.status_listen)
-    server = serve_controller(get_transport(), [service.endpoint], conf.guest_ha.host)
+    server = serve_controller(transport, [service.endpoint], conf.guest_ha.host)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -99,11 +99,92 @@ vitrage_reporter_opts = _service_reporter_opts("Vitrage (service type rca)")
 masakari_reporter_opts = _service_reporter_opts("Masakari (service type instance-ha)")
 
 
+#: ``[server_groups]``: server group messaging (membership, routing, Nova
+#: versioned notifications); see docs/server-groups.md.
+server_groups_opts = [
+    cfg.BoolOpt(
+        "enabled",
+        default=False,
+        help="Route server group messages (broadcast, status, peer notifications) "
+        "between compute agents. Off: sg_relay casts are dropped and logged.",
+    ),
+    cfg.StrOpt(
+        "membership",
+        default="nova",
+        choices=[
+            ("nova", "Nova server groups (Nova API + versioned notifications)"),
+            ("file", "standalone: groups_file and the groups compute agents report"),
+        ],
+        help="Where server group membership and member state come from.",
+    ),
+    cfg.StrOpt(
+        "groups_file",
+        default="/etc/guest-ha/server-groups.yaml",
+        help="membership=file: YAML 'groups: {name: [instance uuid, ...]}'. May be "
+        "missing (groups then come from the compute agents' reports only); re-read "
+        "every cache_ttl_s.",
+    ),
+    cfg.StrOpt(
+        "clouds_yaml",
+        default="/etc/guest-ha/clouds.yaml",
+        help="membership=nova: clouds.yaml with admin credentials for the Nova API "
+        "(all projects' server groups and servers).",
+    ),
+    cfg.StrOpt("cloud", default="guest-ha", help="Entry of clouds_yaml to use."),
+    cfg.StrOpt("region", help="Region of the compute endpoint."),
+    cfg.StrOpt(
+        "interface",
+        default="public",
+        choices=["public", "internal", "admin"],
+        help="Compute endpoint interface.",
+    ),
+    cfg.FloatOpt(
+        "cache_ttl_s",
+        default=300.0,
+        min=1.0,
+        help="Full membership reload (Nova API or groups_file) every this many "
+        "seconds; notifications keep the cache current in between. A failed "
+        "reload is retried every 5 s.",
+    ),
+    cfg.BoolOpt(
+        "listen_notifications",
+        default=True,
+        help="membership=nova: listen to Nova's versioned notifications.",
+    ),
+    cfg.StrOpt(
+        "notification_transport_url",
+        secret=True,
+        help="Broker of Nova's notifications (default: [oslo_messaging_notifications] "
+        "transport_url, else [DEFAULT] transport_url).",
+    ),
+    cfg.StrOpt(
+        "notification_topic",
+        default="versioned_notifications",
+        help="Topic of Nova's versioned notifications ([notifications] "
+        "versioned_notifications_topics in nova.conf).",
+    ),
+    cfg.StrOpt(
+        "notification_exchange",
+        default="nova",
+        help="Exchange Nova publishes on (Nova's control_exchange).",
+    ),
+    cfg.StrOpt(
+        "notification_pool",
+        default="guest-ha-controller",
+        help="Listener pool: a queue of guest-ha's own, so other consumers of the "
+        "topic (Ceilometer, ...) still get every notification. All controllers "
+        "share it: each notification is handled by one of them, which tells the "
+        "others.",
+    ),
+]
+
+
 def register_opts(conf: cfg.ConfigOpts) -> cfg.ConfigOpts:
     conf.register_opts(controller_opts, group="controller")
     conf.register_opts(nova_reporter_opts, group="reporter_nova")
     conf.register_opts(vitrage_reporter_opts, group="reporter_vitrage")
     conf.register_opts(masakari_reporter_opts, group="reporter_masakari")
+    conf.register_opts(server_groups_opts, group="server_groups")
     return conf
 
 
@@ -113,4 +194,5 @@ def list_opts() -> List[Tuple[Optional[str], list]]:
         ("reporter_nova", nova_reporter_opts),
         ("reporter_vitrage", vitrage_reporter_opts),
         ("reporter_masakari", masakari_reporter_opts),
+        ("server_groups", server_groups_opts),
     ]

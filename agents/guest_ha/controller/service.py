@@ -117,6 +117,43 @@ class ControllerEndpoint:
         self.service.computes.seen(host, spool_depth=int(spool_depth), vms=int(vms))
         return {"ok": True}
 
+    # -- server group messaging (cast by compute agents; see server_groups.py)
+    def _sg_router(self, what: str) -> Any:
+        router = self.service.server_groups
+        if router is None:
+            self.service.sg_disabled_log(what)
+        return router
+
+    def sg_relay(
+        self,
+        ctxt: Dict[str, Any],
+        host: str,
+        instance_uuid: str,
+        msg_type: str,
+        fields: Dict[str, Any],
+        group: Optional[str] = None,
+    ) -> None:
+        """Route one server-group PDU of ``instance_uuid``, relayed by ``host``'s agent."""
+        router = self._sg_router("sg_relay")
+        if router is not None:
+            router.relay(host, instance_uuid, msg_type, fields, group)
+
+    def vm_states(
+        self, ctxt: Dict[str, Any], host: str, vms: List[Dict[str, Any]], full: bool = True
+    ) -> Dict[str, Any]:
+        """``host``'s VMs ``[{uuid, name, state, power_state, task_state?, group?}]``
+        (standalone membership and member state); ``full``: the complete list."""
+        router = self._sg_router("vm_states")
+        if router is not None:
+            router.vm_states(host, vms, full)
+        return {"ok": True}
+
+    def sg_sync(self, ctxt: Dict[str, Any], origin: str, ops: List[Dict[str, Any]]) -> None:
+        """Membership ops another controller applied (fanout), applied here silently."""
+        router = self.service.server_groups
+        if router is not None and origin != router.controller_id and isinstance(ops, list):
+            router.apply([op for op in ops if isinstance(op, dict)], emit=False)
+
 
 class ControllerService:
     def __init__(
@@ -129,6 +166,7 @@ class ControllerService:
         lease_s: float = 60.0,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
+        server_groups: Any = None,
     ) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
         self.host = host
@@ -148,11 +186,23 @@ class ControllerService:
         self.endpoint = ControllerEndpoint(self)
         self.started_at = time.time()
         self._http: Optional[ThreadingHTTPServer] = None
+        #: ``server_groups.ServerGroupRouter`` when server group messaging is enabled.
+        self.server_groups = server_groups
+        self._sg_disabled_warned = 0.0
+
+    def sg_disabled_log(self, what: str) -> None:
+        if time.monotonic() - self._sg_disabled_warned > 60:
+            self._sg_disabled_warned = time.monotonic()
+            LOG.warning("%s received but [server_groups] is not enabled: dropped", what)
 
     def start(self) -> None:
         self.dispatcher.start()
+        if self.server_groups is not None:
+            self.server_groups.start()
 
     def stop(self) -> None:
+        if self.server_groups is not None:
+            self.server_groups.stop()
         self.dispatcher.stop()
         if self._http is not None:
             self._http.shutdown()
@@ -165,6 +215,11 @@ class ControllerService:
             "reporters": self.dispatcher.snapshot(),
             "computes": self.computes.snapshot(),
             **self.store.stats(),
+            **(
+                {"server_groups": self.server_groups.snapshot()}
+                if self.server_groups is not None
+                else {}
+            ),
         }
 
     def metrics(self) -> str:
