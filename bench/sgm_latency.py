@@ -64,6 +64,144 @@ class Recorder:
         return {}
 
 
+def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
+    """Guest -> compute agent -> controller -> compute agent -> guest, with the
+    guests simulated in this process (guest_ha.sim) behind real compute agents."""
+    from guest_ha.protocol import GUEST_TO_HOST, SERVER_GROUP, make
+    from guest_ha.sim import VmSimulator
+    from guest_ha.sim.harness import EngineProcess
+
+    workdir = tempfile.mkdtemp(prefix="gha-bench-sgm-")
+    arrivals: List[tuple] = []
+    lock = threading.Lock()
+
+    def on_sg(uuid: str, msg: Any, now_ns: int) -> None:
+        if msg.msg_type == "broadcast" and isinstance(msg["data"], dict):
+            with lock:
+                arrivals.append((now_ns, uuid, msg["data"].get("i")))
+
+    try:
+        with (
+            RabbitMQNode() as rabbit,
+            VmSimulator(os.path.join(workdir, "vms"), on_server_group=on_sg) as sim,
+        ):
+            groups_file = os.path.join(workdir, "groups.yaml")
+            with open(groups_file, "w", encoding="utf-8") as fh:
+                fh.write("groups: {}\n")  # membership from the compute agents' reports
+            members = []
+            for g in range(args.groups):
+                for _ in range(args.members):
+                    members.append((f"g{g}", sim.add_vm(interval_ms=1000)))
+            host_of = {vm.uuid: HOSTS[i % len(HOSTS)] for i, (_, vm) in enumerate(members)}
+            with ControllerProcess(
+                workdir,
+                rabbit.url,
+                host="bench-ctl",
+                extra={
+                    "server_groups": {
+                        "enabled": "true",
+                        "membership": "file",
+                        "groups_file": groups_file,
+                        "listen_notifications": "false",
+                    }
+                },
+            ) as controller:
+                engines = []
+                for h in HOSTS:
+                    vms = [
+                        {
+                            "uuid": vm.uuid,
+                            "name": vm.name,
+                            "socket": vm.socket_path,
+                            "server_group": group,
+                        }
+                        for group, vm in members
+                        if host_of[vm.uuid] == h
+                    ]
+                    engines.append(
+                        EngineProcess(
+                            os.path.join(workdir, h),
+                            extra={
+                                "vms": vms,
+                                "controller": {
+                                    "enabled": True,
+                                    "transport_url": rabbit.url,
+                                    "messaging_config": None,
+                                    "host": h,
+                                    "spool_dir": os.path.join(workdir, h, "spool"),
+                                },
+                            },
+                        ).start()
+                    )
+                try:
+                    _bench.progress("waiting for registration and membership")
+                    for e in engines:
+                        for _, vm in members:
+                            if e.workdir.endswith(host_of[vm.uuid]):
+                                e.wait_event("registered", vm.uuid, timeout=60)
+                    wait_until(
+                        lambda: (
+                            controller.status()["server_groups"]["known_instances"] >= len(members)
+                        ),
+                        60,
+                    )
+                    time.sleep(1.0)
+                    total = int(args.rate * args.duration)
+                    sent_at: Dict[int, int] = {}
+                    padding = "x" * max(0, args.payload - 40)
+                    _bench.progress(f"{total} broadcasts at {args.rate}/s through the agents")
+                    start = time.monotonic()
+                    for i in range(total):
+                        delay = start + i / args.rate - time.monotonic()
+                        if delay > 0:
+                            time.sleep(delay)
+                        _, vm = members[i % len(members)]
+                        sent_at[i] = time.monotonic_ns()
+                        sim.send_message(
+                            vm.uuid,
+                            make(
+                                SERVER_GROUP,
+                                "broadcast",
+                                GUEST_TO_HOST,
+                                data={"i": i, "p": padding},
+                            ),
+                        )
+                    send_s = time.monotonic() - start
+                    expected = total * (args.members - 1)
+                    try:
+                        wait_until(lambda: len(arrivals) >= expected, 5.0)
+                    except TimeoutError:
+                        pass
+                    faults = sum(len(e.faults()) for e in engines)
+                finally:
+                    for e in engines:
+                        e.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    per: Dict[int, List[int]] = {}
+    with lock:
+        for now_ns, _uuid, i in arrivals:
+            if i in sent_at:
+                per.setdefault(i, []).append(now_ns - sent_at[i])
+    complete = [max(v) / 1e6 for v in per.values() if len(v) == args.members - 1]
+    delivered = sum(len(v) for v in per.values())
+    return {
+        "benchmark": "sgm_latency",
+        "path": "guest->agent->controller->agent->guest (simulated channels)",
+        "groups": args.groups,
+        "members": args.members,
+        "rate": args.rate,
+        "duration_s": round(send_s, 2),
+        "broadcast_ms_p50": round(_bench.percentile(complete, 50), 2),
+        "broadcast_ms_p99": round(_bench.percentile(complete, 99), 2),
+        "delivered": delivered,
+        "lost": expected - delivered,
+        "msgs_per_s": round(total / send_s, 1),
+        "heartbeat_faults": faults,
+        "machine": _bench.machine(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--groups", type=int, default=10)
@@ -71,9 +209,19 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="broadcasts per second")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
     parser.add_argument("--payload", type=int, default=200, help="bytes of broadcast data")
+    parser.add_argument(
+        "--path",
+        choices=["agents", "controller"],
+        default="agents",
+        help="agents: through real compute agents with simulated guests (default); "
+        "controller: sg_relay casts straight to the controller",
+    )
     args = parser.parse_args()
     if args.members < 2:
         parser.error("--members must be at least 2 (a broadcast goes to the other members)")
+    if args.path == "agents":
+        _bench.emit(run_through_agents(args))
+        return
     workdir = tempfile.mkdtemp(prefix="gha-bench-sgm-")
     groups = {
         f"g{g}": [str(uuidlib.uuid4()) for _ in range(args.members)] for g in range(args.groups)

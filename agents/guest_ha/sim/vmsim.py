@@ -77,8 +77,16 @@ class _SimVm:
 class VmSimulator:
     """Simulated VMs served from a directory of sockets; thread-safe control API."""
 
-    def __init__(self, workdir: str, seed: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        workdir: str,
+        seed: Optional[int] = None,
+        on_server_group: Optional[Callable[[str, Message, int], None]] = None,
+    ) -> None:
         self.workdir = workdir
+        self.on_server_group = on_server_group
+        """Called (in the simulator thread) with (vm uuid, PDU, monotonic_ns) for every
+        server-group PDU a simulated guest receives; benchmarks time deliveries with it."""
         os.makedirs(workdir, exist_ok=True)
         self._selector = selectors.DefaultSelector()
         self._vms: Dict[str, _SimVm] = {}
@@ -446,6 +454,11 @@ class VmSimulator:
         if guest is None:
             return
         inbox = guest.channel.server_group_inbox
+        if inbox and self.on_server_group is not None:
+            now_ns = time.monotonic_ns()
+            for msg in inbox:
+                self.on_server_group(vm.info.uuid, msg, now_ns)
+            inbox.clear()
         if len(inbox) > 50:
             del inbox[:-50]
         if len(guest.heartbeat.events) > 50:
