@@ -20,6 +20,7 @@ from ..protocol import Message
 from .config import VmSpec
 
 LOG = logging.getLogger("guest_ha.compute.sg")
+MAX_BATCH = 64
 
 
 class ServerGroupRelay:
@@ -63,9 +64,25 @@ class ServerGroupRelay:
             item = self._queue.get()
             if item is None:
                 return
+            # Whatever queued up meanwhile goes in the same message (one cast).
+            batch = [item]
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batch.append(more)
             try:
-                self.client.cast("sg_relay", **item)
-                self.relayed += 1
+                if len(batch) == 1:
+                    self.client.cast("sg_relay", **item)
+                else:
+                    for b in batch:
+                        del b["host"]
+                    self.client.cast("sg_relay_batch", host=self.host, items=batch)
+                self.relayed += len(batch)
             except Exception as exc:  # best effort: broker down, etc.
                 self._drop(str(exc))
 

@@ -515,6 +515,7 @@ class ServerGroupRouter:
         self.cache_ttl_s = cache_ttl_s
         self.retry_s = retry_s
         self.controller_id = controller_id or f"{os.uname().nodename}:{os.getpid()}"
+        self._batch = threading.local()  # deliveries collected by relay_batch()
         self.membership = Membership()
         self.counters: Dict[str, int] = {
             "relayed": 0,
@@ -612,7 +613,32 @@ class ServerGroupRouter:
         }
 
     # -- output
+    def relay_batch(self, host: str, items: Sequence[Mapping[str, Any]]) -> None:
+        """Route several relayed PDUs; deliveries go out as one cast per host."""
+        pending: Deliveries = {}
+        self._batch.pending = pending
+        try:
+            for item in items:
+                if not isinstance(item, Mapping):
+                    self.count("malformed")
+                    continue
+                self.relay(
+                    host,
+                    item.get("instance_uuid"),  # type: ignore[arg-type]
+                    item.get("msg_type"),  # type: ignore[arg-type]
+                    item.get("fields") or {},
+                    item.get("group"),
+                )
+        finally:
+            self._batch.pending = None
+        self._send(pending)
+
     def _send(self, deliveries: Deliveries) -> None:
+        pending = getattr(self._batch, "pending", None)
+        if pending is not None:  # inside relay_batch: flushed together at its end
+            for host, items in deliveries.items():
+                pending.setdefault(host, []).extend(items)
+            return
         for host, items in deliveries.items():
             try:
                 self._cast(host, items)

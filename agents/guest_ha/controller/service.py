@@ -138,6 +138,12 @@ class ControllerEndpoint:
         if router is not None:
             router.relay(host, instance_uuid, msg_type, fields, group)
 
+    def sg_relay_batch(self, ctxt: Dict[str, Any], host: str, items: List[Dict[str, Any]]) -> None:
+        """Route several server-group PDUs relayed by ``host``'s agent in one message."""
+        router = self._sg_router("sg_relay_batch")
+        if router is not None and isinstance(items, list):
+            router.relay_batch(host, items)
+
     def vm_states(
         self, ctxt: Dict[str, Any], host: str, vms: List[Dict[str, Any]], full: bool = True
     ) -> Dict[str, Any]:
