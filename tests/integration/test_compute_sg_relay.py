@@ -38,6 +38,10 @@ class RecordingController:
         with self.lock:
             self.relayed.append(kwargs)
 
+    def sg_relay_batch(self, ctxt, host, items) -> None:
+        with self.lock:
+            self.relayed.extend({"host": host, **item} for item in items)
+
     def report_events(self, ctxt, events) -> Dict[str, Any]:
         return {"accepted": True, "keys": [e["idempotency_key"] for e in events]}
 
