@@ -231,49 +231,63 @@ class ControllerService:
     def metrics(self) -> str:
         """Prometheus text exposition of the controller's counters."""
         status = self.status()
-        lines = [
-            "# HELP guest_ha_faults_total Faults received, by kind.",
-            "# TYPE guest_ha_faults_total counter",
+        reporters = sorted(status["reporters"].items())
+        families = [
+            (
+                "guest_ha_faults_total",
+                "counter",
+                "Faults received, by kind.",
+                "kind",
+                sorted(status["faults_by_kind"].items()),
+            ),
+            (
+                "guest_ha_reporter_sent_total",
+                "counter",
+                "Events delivered, by reporter.",
+                "reporter",
+                [(n, r["sent"]) for n, r in reporters],
+            ),
+            (
+                "guest_ha_reporter_errors_total",
+                "counter",
+                "Failed delivery attempts, by reporter.",
+                "reporter",
+                [(n, r["errors"]) for n, r in reporters],
+            ),
+            (
+                "guest_ha_reporter_latency_seconds_mean",
+                "gauge",
+                "Mean reporter call latency.",
+                "reporter",
+                [
+                    (n, f"{r['mean_latency_ms'] / 1000:.6f}")
+                    for n, r in reporters
+                    if r["mean_latency_ms"] is not None
+                ],
+            ),
+            (
+                "guest_ha_deliveries",
+                "gauge",
+                "Deliveries by state.",
+                "state",
+                sorted(status["deliveries"].items()),
+            ),
+            (
+                "guest_ha_compute_spool_depth",
+                "gauge",
+                "Events waiting in a compute agent's spool.",
+                "host",
+                [
+                    (h, f["spool_depth"])
+                    for h, f in sorted(status["computes"].items())
+                    if "spool_depth" in f
+                ],
+            ),
         ]
-        for kind, count in sorted(status["faults_by_kind"].items()):
-            lines.append(f'guest_ha_faults_total{{kind="{kind}"}} {count}')
-        lines += [
-            "# HELP guest_ha_reporter_sent_total Events delivered, by reporter.",
-            "# TYPE guest_ha_reporter_sent_total counter",
-        ]
-        for name, rep in sorted(status["reporters"].items()):
-            lines.append(f'guest_ha_reporter_sent_total{{reporter="{name}"}} {rep["sent"]}')
-        lines += [
-            "# HELP guest_ha_reporter_errors_total Failed delivery attempts, by reporter.",
-            "# TYPE guest_ha_reporter_errors_total counter",
-        ]
-        for name, rep in sorted(status["reporters"].items()):
-            lines.append(f'guest_ha_reporter_errors_total{{reporter="{name}"}} {rep["errors"]}')
-        lines += [
-            "# HELP guest_ha_reporter_latency_seconds_mean Mean reporter call latency.",
-            "# TYPE guest_ha_reporter_latency_seconds_mean gauge",
-        ]
-        for name, rep in sorted(status["reporters"].items()):
-            if rep["mean_latency_ms"] is not None:
-                lines.append(
-                    f'guest_ha_reporter_latency_seconds_mean{{reporter="{name}"}} '
-                    f"{rep['mean_latency_ms'] / 1000:.6f}"
-                )
-        lines += [
-            "# HELP guest_ha_deliveries Deliveries by state.",
-            "# TYPE guest_ha_deliveries gauge",
-        ]
-        for state, count in sorted(status["deliveries"].items()):
-            lines.append(f'guest_ha_deliveries{{state="{state}"}} {count}')
-        lines += [
-            "# HELP guest_ha_compute_spool_depth Events waiting in a compute agent's spool.",
-            "# TYPE guest_ha_compute_spool_depth gauge",
-        ]
-        for host, facts in sorted(status["computes"].items()):
-            if "spool_depth" in facts:
-                lines.append(
-                    f'guest_ha_compute_spool_depth{{host="{host}"}} {facts["spool_depth"]}'
-                )
+        lines = []
+        for metric, kind, text, label, samples in families:
+            lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
+            lines += [f'{metric}{{{label}="{key}"}} {value}' for key, value in samples]
         return "\n".join(lines) + "\n"
 
     def serve_http(self, listen: str) -> None:

@@ -9,7 +9,7 @@ the call repeated.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Protocol
+from typing import Any, Dict, Optional, Protocol
 
 
 class ReporterError(Exception):
@@ -28,3 +28,41 @@ def http_error(status: int, what: str) -> ReporterError:
     """Classify an HTTP answer: 5xx, 408 and 429 are worth retrying; other 4xx are not."""
     retryable = status >= 500 or status in (408, 429)
     return ReporterError(f"{what}: HTTP {status}", retryable=retryable)
+
+
+class HttpReporter:
+    """Shared plumbing of reporters that POST JSON to an OpenStack service
+    found in the Keystone catalog (keystoneauth1 session)."""
+
+    name = ""
+    service_type = ""
+    service_label = ""
+
+    def __init__(
+        self,
+        session: Any,
+        *,
+        region: Optional[str] = None,
+        interface: str = "public",
+        timeout: float = 10.0,
+    ) -> None:
+        self.session = session
+        self.timeout = timeout
+        self.endpoint_filter = {
+            "service_type": self.service_type,
+            "interface": interface,
+            "region_name": region,
+        }
+
+    def post(self, path: str, body: Dict[str, Any]) -> Any:
+        """POST ``body``; return the response (any status). Unreachable: retryable error."""
+        try:
+            return self.session.post(
+                path,
+                json=body,
+                endpoint_filter=self.endpoint_filter,
+                raise_exc=False,
+                timeout=self.timeout,
+            )
+        except Exception as exc:  # connection refused, auth failure, catalog missing...
+            raise ReporterError(f"{self.service_label} unreachable: {exc}") from None

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from . import ReporterError, http_error
+from . import HttpReporter, ReporterError, http_error
 from .vitrage import vitrage_time
 
 EVENT = "QEMU_GUEST_AGENT_ERROR"
@@ -57,40 +57,17 @@ def build_notification(event: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     }
 
 
-class MasakariReporter:
+class MasakariReporter(HttpReporter):
     name = "masakari"
-
-    def __init__(
-        self,
-        session: Any,
-        *,
-        region: Optional[str] = None,
-        interface: str = "public",
-        timeout: float = 10.0,
-    ) -> None:
-        self.session = session
-        self.timeout = timeout
-        self.endpoint_filter = {
-            "service_type": "instance-ha",
-            "interface": interface,
-            "region_name": region,
-        }
+    service_type = "instance-ha"
+    service_label = "Masakari"
 
     def report(self, event: Dict[str, Any]) -> None:
         body = build_notification(event)
         if body is None:
             return
         what = f"Masakari VM notification for {event['instance_uuid']}"
-        try:
-            response = self.session.post(
-                "/notifications",
-                json=body,
-                endpoint_filter=self.endpoint_filter,
-                raise_exc=False,
-                timeout=self.timeout,
-            )
-        except Exception as exc:  # connection refused, auth failure, catalog missing...
-            raise ReporterError(f"Masakari unreachable: {exc}") from None
+        response = self.post("/notifications", body)
         status = response.status_code
         if status in (200, 201, 202, 409):
             return

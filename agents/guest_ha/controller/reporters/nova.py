@@ -4,29 +4,19 @@ Aodh, an alarm). Optionally back to ``active`` on recovery."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-from . import ReporterError, http_error
+from . import HttpReporter, http_error
 
 
-class NovaReporter:
+class NovaReporter(HttpReporter):
     name = "nova"
+    service_type = "compute"
+    service_label = "Nova"
 
-    def __init__(
-        self,
-        session: Any,
-        *,
-        reset_on_recovery: bool = False,
-        region: Optional[str] = None,
-        interface: str = "public",
-    ) -> None:
-        self.session = session
+    def __init__(self, session: Any, *, reset_on_recovery: bool = False, **kwargs: Any) -> None:
+        super().__init__(session, **kwargs)
         self.reset_on_recovery = reset_on_recovery
-        self.endpoint_filter = {
-            "service_type": "compute",
-            "interface": interface,
-            "region_name": region,
-        }
 
     def report(self, event: Dict[str, Any]) -> None:
         if event.get("fault"):
@@ -36,14 +26,6 @@ class NovaReporter:
         else:
             return
         uuid = event["instance_uuid"]
-        try:
-            response = self.session.post(
-                f"/servers/{uuid}/action",
-                json={"os-resetState": {"state": state}},
-                endpoint_filter=self.endpoint_filter,
-                raise_exc=False,
-            )
-        except Exception as exc:  # connection refused, auth failure, catalog missing...
-            raise ReporterError(f"Nova unreachable: {exc}") from None
+        response = self.post(f"/servers/{uuid}/action", {"os-resetState": {"state": state}})
         if response.status_code != 202:
             raise http_error(response.status_code, f"os-resetState {state} for {uuid}")

@@ -33,7 +33,7 @@ from ...vitrage_datasource import (
     STATUS_OK,
     TIME_FORMAT,
 )
-from . import ReporterError, http_error
+from . import HttpReporter, ReporterError, http_error
 
 #: Severity of the alarm per fault kind (``datasources_values/guest_ha.yaml``).
 SEVERITY = {
@@ -92,40 +92,17 @@ def build_event(event: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return {"time": vitrage_time(event.get("time")), "type": event_type, "details": details}
 
 
-class VitrageReporter:
+class VitrageReporter(HttpReporter):
     name = "vitrage"
-
-    def __init__(
-        self,
-        session: Any,
-        *,
-        region: Optional[str] = None,
-        interface: str = "public",
-        timeout: float = 10.0,
-    ) -> None:
-        self.session = session
-        self.timeout = timeout
-        self.endpoint_filter = {
-            "service_type": "rca",
-            "interface": interface,
-            "region_name": region,
-        }
+    service_type = "rca"
+    service_label = "Vitrage"
 
     def report(self, event: Dict[str, Any]) -> None:
         body = build_event(event)
         if body is None:
             return
         what = f"Vitrage event {body['type']} for {event['instance_uuid']}"
-        try:
-            response = self.session.post(
-                "/v1/event",
-                json=body,
-                endpoint_filter=self.endpoint_filter,
-                raise_exc=False,
-                timeout=self.timeout,
-            )
-        except Exception as exc:  # connection refused, auth failure, catalog missing...
-            raise ReporterError(f"Vitrage unreachable: {exc}") from None
+        response = self.post("/v1/event", body)
         status = response.status_code
         if 200 <= status < 300:
             return
