@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from typing import Iterator, List
 
@@ -16,7 +14,7 @@ import pytest
 
 from guest_ha.guest.client import HealthClient
 from guest_ha.sim import SimVmInfo, VmSimulator
-from guest_ha.sim.harness import EngineProcess, wait_until
+from guest_ha.sim.harness import EngineProcess, start_guest_daemon, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,31 +30,14 @@ class GuestDaemon:
         self.app_socket = os.path.join(self.dir, "app.sock")
         os.makedirs(self.checks)
         self.log_path = os.path.join(self.dir, "guestd.log")
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "guest_ha.guest.daemon",
-                "--config",
-                os.devnull,
-                "--port",
-                str(vm.guest_port),
-                "--name",
-                vm.name,
-                "--interval-ms",
-                str(interval_ms),
-                "--checks-dir",
-                self.checks,
-                "--check-interval-ms",
-                "100",
-                "--app-socket",
-                self.app_socket,
-                "--log-level",
-                "debug",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+        self.proc = start_guest_daemon(
+            str(vm.guest_port),
+            name=vm.name,
+            interval_ms=interval_ms,
+            app_socket=self.app_socket,
+            checks_dir=self.checks,
+            log_path=self.log_path,
+            extra_args=["--check-interval-ms", "100", "--log-level", "debug"],
         )
 
     def log(self) -> str:
@@ -68,7 +49,6 @@ class GuestDaemon:
             os.kill(self.proc.pid, signal.SIGCONT)
             self.proc.kill()
         self.proc.wait(10)
-        self._log.close()
 
 
 @pytest.fixture

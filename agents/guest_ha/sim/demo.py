@@ -20,7 +20,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from ..compute.cli import format_status
-from .harness import EngineProcess
+from .harness import EngineProcess, start_guest_daemon
 from .vmsim import SimVmInfo, VmSimulator
 
 
@@ -32,40 +32,16 @@ def show(engine: EngineProcess) -> None:
     print(format_status(engine.status()), flush=True)
 
 
-def start_guest_daemon(vm: SimVmInfo, workdir: str, interval_ms: int) -> subprocess.Popen:
+def start_demo_daemon(vm: SimVmInfo, workdir: str, interval_ms: int) -> subprocess.Popen:
     checks = os.path.join(workdir, "checks.d")
     os.makedirs(checks, exist_ok=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p
-        for p in (
-            os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-            env.get("PYTHONPATH", ""),
-        )
-        if p
-    )
-    log = open(os.path.join(workdir, "guestd.log"), "ab")  # noqa: SIM115 - child owns it
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "guest_ha.guest.daemon",
-            "--config",
-            os.devnull,
-            "--port",
-            str(vm.guest_port),
-            "--name",
-            vm.name,
-            "--interval-ms",
-            str(interval_ms),
-            "--checks-dir",
-            checks,
-            "--app-socket",
-            os.path.join(workdir, "app.sock"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
+    return start_guest_daemon(
+        str(vm.guest_port),
+        name=vm.name,
+        interval_ms=interval_ms,
+        app_socket=os.path.join(workdir, "app.sock"),
+        checks_dir=checks,
+        log_path=os.path.join(workdir, "guestd.log"),
     )
 
 
@@ -80,7 +56,7 @@ def run(vms: int, interval_ms: int) -> Dict[str, Any]:
                 sim.add_vm(interval_ms=interval_ms, name=f"sim-vm-{i}") for i in range(vms)
             ]
             real = sim.add_vm("pty", name="real-guestd-vm")
-            daemon = start_guest_daemon(real, workdir, interval_ms)
+            daemon = start_demo_daemon(real, workdir, interval_ms)
             all_vms = [*sims, real]
             with EngineProcess(os.path.join(workdir, "engine"), all_vms) as engine:
                 say("compute engine started; waiting for every guest to register")

@@ -174,3 +174,43 @@ class EngineProcess:
         from ..compute.cli import fetch_status
 
         return fetch_status(self.status_path)
+
+
+def start_guest_daemon(
+    port: str,
+    *,
+    name: str,
+    interval_ms: int,
+    app_socket: str,
+    checks_dir: str,
+    log_path: str,
+    extra_args: Iterable[str] = (),
+) -> subprocess.Popen:
+    """The real guest daemon as a child process, on ``port`` (e.g. a simulator pty)."""
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "guest_ha.guest.daemon",
+                "--config",
+                os.devnull,
+                "--port",
+                port,
+                "--name",
+                name,
+                "--interval-ms",
+                str(interval_ms),
+                "--checks-dir",
+                checks_dir,
+                "--app-socket",
+                app_socket,
+                *extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
