@@ -337,39 +337,25 @@ def build_reporters(conf: Any, transport_url: Optional[str]) -> Dict[str, Report
                     conf.controller.notification_topics,
                 )
             )
-        elif name == "nova":
-            from ..compute.nova import session_from_clouds_yaml
-            from .reporters.nova import NovaReporter
-
-            opts = conf.reporter_nova
-            reporters[name] = NovaReporter(
-                session_from_clouds_yaml(opts.clouds_yaml, opts.cloud),
-                reset_on_recovery=opts.reset_on_recovery,
-                region=opts.region,
-                interface=opts.interface,
-            )
-        elif name == "vitrage":
-            from ..compute.nova import session_from_clouds_yaml
-            from .reporters.vitrage import VitrageReporter
-
-            opts = conf.reporter_vitrage
-            reporters[name] = VitrageReporter(
-                session_from_clouds_yaml(opts.clouds_yaml, opts.cloud),
-                region=opts.region,
-                interface=opts.interface,
-                timeout=opts.timeout_s,
-            )
-        elif name == "masakari":
-            from ..compute.nova import session_from_clouds_yaml
-            from .reporters.masakari import MasakariReporter
-
-            opts = conf.reporter_masakari
-            reporters[name] = MasakariReporter(
-                session_from_clouds_yaml(opts.clouds_yaml, opts.cloud),
-                region=opts.region,
-                interface=opts.interface,
-                timeout=opts.timeout_s,
-            )
+        elif name in ("nova", "vitrage", "masakari"):
+            reporters[name] = _http_reporter(name, conf)
         else:
             raise ValueError(f"reporter {name!r} is not available in this release")
     return reporters
+
+
+def _http_reporter(name: str, conf: Any) -> Reporter:
+    """An OpenStack reporter, authenticated from its ``[reporter_<name>]`` group."""
+    from ..compute.nova import session_from_clouds_yaml
+    from .reporters.masakari import MasakariReporter
+    from .reporters.nova import NovaReporter
+    from .reporters.vitrage import VitrageReporter
+
+    opts = getattr(conf, f"reporter_{name}")
+    kwargs: Dict[str, Any] = {"region": opts.region, "interface": opts.interface}
+    if name == "nova":
+        kwargs["reset_on_recovery"] = opts.reset_on_recovery
+    else:
+        kwargs["timeout"] = opts.timeout_s
+    cls = {"nova": NovaReporter, "vitrage": VitrageReporter, "masakari": MasakariReporter}[name]
+    return cls(session_from_clouds_yaml(opts.clouds_yaml, opts.cloud), **kwargs)
