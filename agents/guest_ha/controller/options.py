@@ -45,34 +45,14 @@ controller_opts = [
     ),
 ]
 
-nova_reporter_opts = [
-    cfg.StrOpt(
-        "clouds_yaml",
-        default="/etc/guest-ha/clouds.yaml",
-        help="clouds.yaml with the credentials used to call Nova.",
-    ),
-    cfg.StrOpt("cloud", default="guest-ha", help="Entry of clouds_yaml to use."),
-    cfg.StrOpt("region", help="Region of the compute endpoint."),
-    cfg.StrOpt(
-        "interface",
-        default="public",
-        choices=["public", "internal", "admin"],
-        help="Endpoint interface.",
-    ),
-    cfg.BoolOpt(
-        "reset_on_recovery",
-        default=False,
-        help="Reset the server back to active when heartbeats recover.",
-    ),
-]
 
-
-def _service_reporter_opts(service: str) -> list:
+def _credential_opts(service: str, clouds_help: str = "") -> list:
+    """Where and how to reach an OpenStack service (keystoneauth1 via clouds.yaml)."""
     return [
         cfg.StrOpt(
             "clouds_yaml",
             default="/etc/guest-ha/clouds.yaml",
-            help=f"clouds.yaml with the credentials used to call {service}.",
+            help=clouds_help or f"clouds.yaml with the credentials used to call {service}.",
         ),
         cfg.StrOpt("cloud", default="guest-ha", help="Entry of clouds_yaml to use."),
         cfg.StrOpt("region", help=f"Region of the {service} endpoint."),
@@ -82,6 +62,12 @@ def _service_reporter_opts(service: str) -> list:
             choices=["public", "internal", "admin"],
             help="Endpoint interface.",
         ),
+    ]
+
+
+def _service_reporter_opts(service: str) -> list:
+    return [
+        *_credential_opts(service),
         cfg.FloatOpt(
             "timeout_s",
             default=10.0,
@@ -89,6 +75,17 @@ def _service_reporter_opts(service: str) -> list:
             help=f"HTTP timeout of one call to {service}; a timeout is retried.",
         ),
     ]
+
+
+#: ``[reporter_nova]``: ``os-resetState`` calls (service type ``compute``).
+nova_reporter_opts = [
+    *_service_reporter_opts("Nova (service type compute)"),
+    cfg.BoolOpt(
+        "reset_on_recovery",
+        default=False,
+        help="Reset the server back to active when heartbeats recover.",
+    ),
+]
 
 
 #: ``[reporter_vitrage]``: Doctor southbound events (``POST /v1/event``,
@@ -124,19 +121,10 @@ server_groups_opts = [
         "missing (groups then come from the compute agents' reports only); re-read "
         "every cache_ttl_s.",
     ),
-    cfg.StrOpt(
-        "clouds_yaml",
-        default="/etc/guest-ha/clouds.yaml",
-        help="membership=nova: clouds.yaml with admin credentials for the Nova API "
+    *_credential_opts(
+        "compute",
+        "membership=nova: clouds.yaml with admin credentials for the Nova API "
         "(all projects' server groups and servers).",
-    ),
-    cfg.StrOpt("cloud", default="guest-ha", help="Entry of clouds_yaml to use."),
-    cfg.StrOpt("region", help="Region of the compute endpoint."),
-    cfg.StrOpt(
-        "interface",
-        default="public",
-        choices=["public", "internal", "admin"],
-        help="Compute endpoint interface.",
     ),
     cfg.FloatOpt(
         "cache_ttl_s",

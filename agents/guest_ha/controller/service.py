@@ -352,10 +352,12 @@ def _http_reporter(name: str, conf: Any) -> Reporter:
     from .reporters.vitrage import VitrageReporter
 
     opts = getattr(conf, f"reporter_{name}")
-    kwargs: Dict[str, Any] = {"region": opts.region, "interface": opts.interface}
+    kwargs: Dict[str, Any] = {
+        "region": opts.region,
+        "interface": opts.interface,
+        "timeout": opts.timeout_s,
+    }
     if name == "nova":
         kwargs["reset_on_recovery"] = opts.reset_on_recovery
-    else:
-        kwargs["timeout"] = opts.timeout_s
     cls = {"nova": NovaReporter, "vitrage": VitrageReporter, "masakari": MasakariReporter}[name]
     return cls(session_from_clouds_yaml(opts.clouds_yaml, opts.cloud), **kwargs)
