@@ -152,3 +152,13 @@ def test_agent_restart_gives_no_false_fault(guest, e2e_dir) -> None:
         assert second.faults() == []
     finally:
         second.stop()
+
+
+def test_qemu_crash_is_reported_as_a_crash(guest) -> None:
+    """QEMU dying under the guest (SIGKILL): libvirt reports a failed stop."""
+    dom, engine = guest
+    os.kill(qemu_pid(dom.name()), signal.SIGKILL)
+    crash = engine.wait_event("vm_crashed", dom.UUIDString(), timeout=15)
+    assert crash["fault"] is True
+    assert crash["detail"]["cause"] in ("failed", "crashed")
+    assert [f["kind"] for f in engine.faults()] == ["vm_crashed"]

@@ -373,9 +373,6 @@ class LibvirtMonitor:
                 return opt
         return self.optin_file.lookup(uuid.lower(), name) or domain_xml.OptIn()
 
-    def wants_heartbeat(self, uuid: str, name: str, xml: str) -> bool:
-        return self.wants(uuid, name, xml).heartbeat
-
     def _reconcile(self, dom: Any) -> bool:
         """Bring one domain in line; return whether the engine heartbeats it."""
         lv = self.libvirt
