@@ -7,104 +7,27 @@ core's encoder and decoder.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
 import time
-import tty
 from pathlib import Path
 
 import pytest
 
 from guest_ha.guest.client import HealthClient
 from guest_ha.protocol import (
-    GUEST_TO_HOST,
     HEARTBEAT,
-    HOST_TO_GUEST,
-    FrameDecoder,
-    Message,
-    decode_envelope,
-    make,
-    validate,
 )
+from guest_ha.testing.pty_host import PtyHost
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class FakeHost:
+class FakeHost(PtyHost):
     """The host end of a pty: send host-to-guest PDUs, receive validated guest PDUs."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        self.path = os.ttyname(self.slave)
-        self.decoder = FrameDecoder()
-        self.inbox: list = []
-        self.seq = 0
-
-    def close(self) -> None:
-        for fd in (self.master, self.slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def send(self, msg: Message) -> None:
-        os.write(self.master, msg.encode())
-
-    def recv(self, msg_type: str, timeout: float = 5.0) -> Message:
-        end = time.monotonic() + timeout
-        while True:
-            for i, msg in enumerate(self.inbox):
-                if msg.msg_type == msg_type:
-                    return self.inbox.pop(i)
-            left = end - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {msg_type} within {timeout} s (got {self.inbox})")
-            ready, _, _ = select.select([self.master], [], [], min(left, 0.1))
-            if ready:
-                try:
-                    data = os.read(self.master, 65536)
-                except OSError:
-                    continue
-                for frame in self.decoder.feed(data):
-                    assert isinstance(frame, bytes), frame
-                    self.inbox.append(validate(decode_envelope(frame), GUEST_TO_HOST))
-
-    def register(self, interval_ms: int = 1000) -> Message:
-        init = self.recv("init")
-        self.send(
-            make(
-                HEARTBEAT,
-                "init_ack",
-                HOST_TO_GUEST,
-                invocation_id=init["invocation_id"],
-                interval_ms=interval_ms,
-            )
-        )
-        return init
-
-    def challenge(self) -> Message:
-        self.seq += 1
-        nonce = f"{self.seq:08x}c0ffee"
-        self.send(make(HEARTBEAT, "challenge", HOST_TO_GUEST, seq=self.seq, nonce=nonce))
-        resp = self.recv("challenge_response")
-        assert resp["seq"] == self.seq
-        assert resp["nonce"] == nonce
-        return resp
-
-    def challenge_until(self, predicate, timeout: float = 5.0) -> Message:
-        end = time.monotonic() + timeout
-        while True:
-            resp = self.challenge()
-            if predicate(resp):
-                return resp
-            if time.monotonic() > end:
-                raise AssertionError(f"last response {resp}")
-            time.sleep(0.05)
 
 
 class Daemon:

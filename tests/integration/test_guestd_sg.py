@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import os
 import queue
-import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import tty
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -31,17 +30,14 @@ from guest_ha.guest.sg_client import (
     ServerGroupError,
 )
 from guest_ha.protocol import (
-    GUEST_TO_HOST,
     HEARTBEAT,
     HOST_TO_GUEST,
     SERVER_GROUP,
-    FrameDecoder,
     Message,
-    decode_envelope,
     make,
-    validate,
 )
 from guest_ha.protocol.messages import nack
+from guest_ha.testing.pty_host import PtyHost
 
 pytestmark = pytest.mark.integration
 
@@ -61,82 +57,11 @@ def member(uuid, name, state="active", power="running"):
     }
 
 
-class FakeHost:
-    """The host end of a pty standing in for the virtio port."""
+class FakeHost(PtyHost):
+    """The host end of a pty standing in for the virtio port (server-group PDUs by default)."""
 
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        self.path = os.ttyname(self.slave)
-        self.decoder = FrameDecoder()
-        self.inbox: list = []
-        self.seq = 0
-
-    def close(self) -> None:
-        for fd in (self.master, self.slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def send(self, *msgs: Message) -> None:
-        data = b"".join(m.encode() for m in msgs)
-        while data:
-            _, ready, _ = select.select([], [self.master], [], 5)
-            assert ready, "pty not writable"
-            data = data[os.write(self.master, data) :]
-
-    def pump(self, timeout: float) -> None:
-        ready, _, _ = select.select([self.master], [], [], timeout)
-        if ready:
-            try:
-                data = os.read(self.master, 65536)
-            except OSError:
-                return
-            for frame in self.decoder.feed(data):
-                assert isinstance(frame, bytes), frame
-                self.inbox.append(validate(decode_envelope(frame), GUEST_TO_HOST))
-
-    def recv(self, msg_type: str, app: str = SERVER_GROUP, timeout: float = 5.0) -> Message:
-        end = time.monotonic() + timeout
-        while True:
-            for i, msg in enumerate(self.inbox):
-                if msg.msg_type == msg_type and msg.app == app:
-                    return self.inbox.pop(i)
-            left = end - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {app} {msg_type} within {timeout} s ({self.inbox})")
-            self.pump(min(left, 0.05))
-
-    def register(self) -> None:
-        init = self.recv("init", HEARTBEAT)
-        self.send(
-            make(
-                HEARTBEAT,
-                "init_ack",
-                HOST_TO_GUEST,
-                invocation_id=init["invocation_id"],
-                interval_ms=1000,
-            )
-        )
-
-    def challenge(self, timeout: float = 5.0) -> Message:
-        self.seq += 1
-        nonce = f"{self.seq:08x}c0ffee"
-        self.send(make(HEARTBEAT, "challenge", HOST_TO_GUEST, seq=self.seq, nonce=nonce))
-        resp = self.recv("challenge_response", HEARTBEAT, timeout)
-        assert resp["seq"] == self.seq and resp["nonce"] == nonce
-        return resp
-
-    def answer_status(self, query: Message, members) -> None:
-        seq = query["seq"]
-        self.send(
-            *[
-                make(SERVER_GROUP, "status_response", HOST_TO_GUEST, seq=seq, data=m)
-                for m in members
-            ],
-            make(SERVER_GROUP, "status_response_done", HOST_TO_GUEST, seq=seq),
-        )
+    def recv(self, msg_type: str, app: Optional[str] = SERVER_GROUP, timeout: float = 5.0):
+        return super().recv(msg_type, app, timeout)
 
 
 def broadcast_from_peer(data, source=UUID_PEER) -> Message:
