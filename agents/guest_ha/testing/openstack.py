@@ -686,22 +686,29 @@ class GunicornService:
 
     def stop(self, timeout: float = 10) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
         # SIGINT is gunicorn's quick shutdown (SIGTERM waits for requests).
-        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # Workers that outlived their master (they share its process group).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop_group(proc, signal.SIGINT, timeout)
+
+
+def _stop_group(proc: Optional[subprocess.Popen], first: int, timeout: float) -> None:
+    """Stop the process group led by ``proc``: ``first``, then SIGKILL; then kill any
+    worker that outlived its master (they share its process group)."""
+    if proc is None:
+        return
+    for sig, wait in ((first, timeout), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 class ProcessService:
@@ -779,23 +786,7 @@ class ProcessService:
 
     def stop(self, timeout: float = 5) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
-            if proc.poll() is not None:
-                break
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # Workers (cotyledon forks) that outlived their master share its group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop_group(proc, signal.SIGTERM, timeout)
 
 
 class NeutronStandIn:
