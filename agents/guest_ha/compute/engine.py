@@ -169,16 +169,16 @@ class HeartbeatEngine:
         if vm is None:
             return
         now = self.clock()
-        hb = vm.channel.heartbeat
+        channel = vm.channel
         if action == "suspend":
             vm.lifecycle_suspended = reason
-            hb.suspend(now, reason)
+            channel.suspend(now, reason)
         elif action == "resume":
             vm.lifecycle_suspended = ""
-            hb.resume(now)
+            channel.resume(now)
         elif action == "restart":
             vm.lifecycle_suspended = ""
-            hb.expect_registration(now, reason)
+            channel.expect_registration(now, reason)
         else:
             raise ValueError(f"unknown lifecycle action {action!r}")
         LOG.info("%s lifecycle %s (%s)", vm.log_prefix, action, reason)
@@ -189,7 +189,7 @@ class HeartbeatEngine:
         vm = self.vms.get(uuid)
         if vm is None:
             return
-        vm.channel.heartbeat.report_fault(self.clock(), kind, reason, **detail)
+        vm.channel.report_fault(self.clock(), kind, reason, **detail)
         self._after_channel_activity(vm)
 
     def discover(self) -> None:
@@ -345,7 +345,7 @@ class HeartbeatEngine:
         LOG.info("%s channel connected", vm.log_prefix)
         vm.channel.connection_made(now)
         if vm.lifecycle_suspended:
-            vm.channel.heartbeat.suspend(now, vm.lifecycle_suspended)
+            vm.channel.suspend(now, vm.lifecycle_suspended)
         self._after_channel_activity(vm)
 
     def _close(self, vm: VmConnection) -> None:
@@ -413,7 +413,6 @@ class HeartbeatEngine:
 
     def _after_channel_activity(self, vm: VmConnection) -> None:
         channel = vm.channel
-        channel.flush()  # lifecycle calls drive the heartbeat machine directly
         if channel.server_group_inbox:
             # Already validated and rate-limited by the channel; the VM's identity
             # is the channel's, never anything in the message.
@@ -520,7 +519,7 @@ class HeartbeatEngine:
         LOG.info("%s missed heartbeat while the domain is %s: no fault", vm.log_prefix, state)
         vm.channel.heartbeat.retract_fault(HEARTBEAT_LOST)
         vm.lifecycle_suspended = state
-        vm.channel.heartbeat.suspend(self.clock(), state)
+        vm.channel.suspend(self.clock(), state)
         vm.channel.take_events()  # the "suspended" notice is not news
         for event in held:
             if event.kind not in (HEARTBEAT_LOST, "recovered"):

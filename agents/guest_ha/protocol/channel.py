@@ -191,9 +191,26 @@ class HostChannel:
     def take_log(self) -> List[str]:
         return self._log.take()
 
+    # -- lifecycle (from the hypervisor side) ----------------------------------------
+    def suspend(self, now: float, reason: str) -> None:
+        self.heartbeat.suspend(now, reason)
+        self._flush()
+
+    def resume(self, now: float) -> None:
+        self.heartbeat.resume(now)  # may challenge at once
+        self._flush()
+
+    def expect_registration(self, now: float, reason: str) -> None:
+        self.heartbeat.expect_registration(now, reason)
+        self._flush()
+
+    def report_fault(self, now: float, kind: str, reason: str, **detail: object) -> None:
+        self.heartbeat.report_fault(now, kind, reason, **detail)
+        self._flush()
+
     def flush(self) -> None:
-        """Move PDUs the heartbeat machine produced (e.g. after ``resume``) to the
-        output buffer. Call after driving ``self.heartbeat`` directly."""
+        """Move PDUs the heartbeat machine produced to the output buffer (for callers
+        that drive ``self.heartbeat`` directly; the methods above do it themselves)."""
         self._flush()
 
     def _flush(self) -> None:
