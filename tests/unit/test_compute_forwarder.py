@@ -9,6 +9,7 @@ import pytest
 from guest_ha.compute.forwarder import ForwardingSink
 from guest_ha.compute.sinks import VmEvent
 from guest_ha.compute.spool import Spool
+from guest_ha.sim.harness import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -34,10 +35,7 @@ class Controller:
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(predicate, timeout, interval=0.01)
 
 
 def test_events_wait_in_the_spool_until_acknowledged(tmp_path) -> None:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Dict, List
 
 import pytest
@@ -9,6 +8,7 @@ import pytest
 from guest_ha.controller.dispatcher import Dispatcher
 from guest_ha.controller.reporters import ReporterError, http_error
 from guest_ha.controller.store import EventStore
+from guest_ha.sim.harness import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -88,10 +88,7 @@ class Recorder:
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+    wait_until(predicate, timeout, interval=0.01)
 
 
 def test_dispatcher_delivers_each_event_to_each_reporter_once_in_order(tmp_path) -> None:

@@ -73,7 +73,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -89,6 +88,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from guest_ha.testing.openstack_assets import ASSETS_DIR
+
+from . import free_port
 
 __all__ = [
     "SERVICES",
@@ -550,13 +551,6 @@ def db_template_dir(name: str, *, cache: Optional[Path] = None) -> Path:
 
 class CloudStartError(RuntimeError):
     """A service could not be installed, set up or started."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _http(
