@@ -13,7 +13,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from typing import Optional
 
 import pytest
 
@@ -77,11 +79,13 @@ def _require_rabbitmq() -> None:
         pytest.skip("rabbitmq-server is not installed (scripts/bootstrap.sh)")
 
 
-def _molecule(role: str, scenario: str, tmp_path, timeout: float = 600) -> str:
+def _molecule(
+    role: str, scenario: str, tmp_path, timeout: float = 600, env: Optional[dict] = None
+) -> str:
     proc = _run(
         ["molecule", "test", "-s", scenario],
         os.path.join(REPO, "roles", role),
-        _env(tmp_path),
+        {**_env(tmp_path), **(env or {})},
         timeout,
     )
     out = ANSI.sub("", proc.stdout)
@@ -102,6 +106,43 @@ def test_molecule_controller(tmp_path) -> None:
     _require_root()
     _require_rabbitmq()
     _molecule("controller", "default", tmp_path)
+
+
+def test_molecule_rabbitmq(tmp_path) -> None:
+    _require_root()
+    _require_rabbitmq()
+    from guest_ha.testing.rabbitmq import pick_free_ports
+
+    amqp_port, dist_port = pick_free_ports(2)
+    # The node runs as the rabbitmq user: its data folder must not be under
+    # tmp_path (/tmp/pytest-of-root is 0700), so a private traversable folder.
+    scratch = tempfile.mkdtemp(prefix="gha-molecule-rmq-")
+    os.chmod(scratch, 0o755)
+    node = f"gha-molecule-rmq-{os.path.basename(scratch).rsplit('-', 1)[-1]}@localhost"
+    try:
+        _molecule(
+            "rabbitmq",
+            "default",
+            tmp_path,
+            env={
+                "GHA_MOLECULE_RABBIT_PORT": str(amqp_port),
+                "GHA_MOLECULE_RABBIT_DIST_PORT": str(dist_port),
+                "GHA_MOLECULE_RABBIT_NODE": node,
+                "GHA_MOLECULE_TMP": scratch,
+            },
+        )
+    finally:
+        # molecule's own cleanup did this unless it failed or timed out. With
+        # the PID file, stop waits for the VM to exit before the folder goes.
+        pid_file = os.path.join(scratch, "gha-molecule-rabbitmq", "node", "mnesia", f"{node}.pid")
+        subprocess.run(
+            ["/usr/sbin/rabbitmqctl", "-q", "-n", node, "stop"]
+            + ([pid_file] if os.path.exists(pid_file) else []),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_molecule_guest_chroot(tmp_path) -> None:

@@ -385,3 +385,33 @@ def test_nova_source_pages_through_groups_and_servers() -> None:
     assert set(statuses) == {A, B, C}  # D is in no group: not kept
     assert statuses[A]["power_state"] == "shutdown"
     assert NovaSource(session).server(E) is None
+
+
+def test_heartbeat_fault_and_recovery_tell_the_peers() -> None:
+    r, casts, syncs = router()
+    r.heartbeat_event(C, "heartbeat_lost")
+    got = by_vm(casts)
+    assert set(got) == {A, B}  # C's peers, not C, not D (other group)
+    data = got[A][0]["fields"]["data"]
+    assert got[A][0]["msg_type"] == "notification"
+    assert (data["uuid"], data["guest_health"], data["state"]) == (C, "heartbeat_lost", "active")
+    assert syncs and syncs[-1][0]["status"]["guest_health"] == "heartbeat_lost"
+    casts.clear()
+    r.heartbeat_event(C, "heartbeat_lost")  # the same again (a duplicate): no repeat
+    assert casts == []
+    r.heartbeat_event(C, "recovered")
+    assert by_vm(casts)[B][0]["fields"]["data"]["guest_health"] == "healthy"
+    # A status query answers with it too.
+    casts.clear()
+    r.relay("h1", A, "status_query", {"seq": 1})
+    answers = {i["fields"]["data"]["uuid"]: i["fields"]["data"] for i in casts[0][1][:-1]}
+    assert answers[C]["guest_health"] == "healthy"
+
+
+def test_heartbeat_events_outside_groups_or_lifecycle_notify_nobody() -> None:
+    r, casts, _ = router()
+    r.heartbeat_event(E, "heartbeat_lost")  # E is in no group
+    r.heartbeat_event(A, "suspended")  # lifecycle: the Nova states tell it
+    r.heartbeat_event("not-a-uuid", "unhealthy")
+    assert casts == []
+    assert r.snapshot()["heartbeat_events"] == 0

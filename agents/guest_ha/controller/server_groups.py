@@ -55,13 +55,26 @@ STATUS_FIELDS = (
     "state",
     "task_state",
     "power_state",
+    "guest_health",
     "node",
     "availability_zone",
     "launched_at",
     "updated_at",
 )
 #: A change of one of these is a peer state change (``notification``).
-CHANGE_FIELDS = ("state", "task_state", "power_state", "host")
+CHANGE_FIELDS = ("state", "task_state", "power_state", "host", "guest_health")
+
+#: guest-ha event kind -> the member's ``guest_health`` (what its heartbeat says).
+#: Lifecycle-suppressed events (``suspended``) leave it: the Nova/libvirt states
+#: tell that story.
+GUEST_HEALTH_OF_EVENT = {
+    "registered": "healthy",
+    "recovered": "healthy",
+    "heartbeat_lost": "heartbeat_lost",
+    "unhealthy": "unhealthy",
+    "vm_crashed": "vm_crashed",
+    "exit": "exited",
+}
 
 #: ``OS-EXT-STS:power_state`` integers of the Nova API -> the names Nova's
 #: notifications use (``nova.compute.power_state.STATE_MAP``).
@@ -523,6 +536,7 @@ class ServerGroupRouter:
             "status_queries": 0,
             "notifications_in": 0,
             "peer_notifications": 0,
+            "heartbeat_events": 0,
             "deliveries": 0,
             "casts": 0,
             "cast_errors": 0,
@@ -845,6 +859,16 @@ class ServerGroupRouter:
                 )
         self.apply(ops, emit=True)
 
+    def heartbeat_event(self, uuid: str, kind: str) -> None:
+        """A heartbeat event the controller accepted: a member's ``guest_health``
+        changed, so its peers are told (in Nova and in file mode alike)."""
+        health = GUEST_HEALTH_OF_EVENT.get(kind)
+        member = canonical_uuid(uuid)
+        if health is None or member is None or not self.membership.groups_of(member):
+            return
+        self.count("heartbeat_events")
+        self.apply([{"op": "status", "uuid": member, "status": {"guest_health": health}}], True)
+
     def _learn_reported(self, uuid: str, group: str, host: str) -> None:
         """The group (and host) the relaying compute agent gives for ``uuid``."""
         if self.membership.report_group(uuid, group) or self.membership.host_of(uuid) != host:
@@ -929,11 +953,12 @@ class ServerGroupRouter:
     def _notify_peers(self, status: Dict[str, Any], members: Set[str]) -> None:
         self.count("peer_notifications")
         LOG.info(
-            "[instance %s] state %s/%s/%s on %s -> %d peer(s)",
+            "[instance %s] state %s/%s/%s health %s on %s -> %d peer(s)",
             status["uuid"],
             status.get("state"),
             status.get("task_state"),
             status.get("power_state"),
+            status.get("guest_health", "-"),
             status.get("host"),
             len(members),
         )

@@ -68,6 +68,7 @@ class ControllerEndpoint:
                 event["idempotency_key"],
             )
             self.service.dispatcher.wake()
+            self.service.heartbeat_event(event)
         return {"accepted": True, "key": event["idempotency_key"], "duplicate": not fresh}
 
     def report_events(self, ctxt: Dict[str, Any], events: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -97,6 +98,7 @@ class ControllerEndpoint:
                         host,
                         event["idempotency_key"],
                     )
+                    self.service.heartbeat_event(event)
         self.service.dispatcher.wake()
         # Malformed events are acknowledged as refused: retrying cannot fix them.
         refused = [
@@ -195,6 +197,15 @@ class ControllerService:
         #: ``server_groups.ServerGroupRouter`` when server group messaging is enabled.
         self.server_groups = server_groups
         self._sg_disabled_warned = 0.0
+
+    def heartbeat_event(self, event: Dict[str, Any]) -> None:
+        """Tell a VM's server group peers that its heartbeat health changed."""
+        if self.server_groups is None:
+            return
+        try:
+            self.server_groups.heartbeat_event(event["instance_uuid"], event["kind"])
+        except Exception:  # peer notifications are best effort; the event is safe
+            LOG.exception("[instance %s] peer notification failed", event["instance_uuid"])
 
     def sg_disabled_log(self, what: str) -> None:
         if time.monotonic() - self._sg_disabled_warned > 60:

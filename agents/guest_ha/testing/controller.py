@@ -129,7 +129,9 @@ class ControllerProcess:
 class NotificationCollector:
     """A notification listener (own pool) recording guest-ha notifications."""
 
-    def __init__(self, url: str, topic: str = "notifications", pool: str = "guest-ha-test") -> None:
+    def __init__(
+        self, url: str, topic: str = "notifications", pool: Optional[str] = "guest-ha-test"
+    ) -> None:
         import oslo_messaging
 
         from ..messaging.options import configure

@@ -42,8 +42,12 @@ How it runs, and why:
 - **CLI ports.** The CLI tools take an Erlang distribution port from
   35672-35682; node ports are picked outside that range.
 - **Readiness** is ``rabbitmq-diagnostics -n NODE -q check_running`` polled
-  until it succeeds (``await_startup`` returns too early).  Progress goes to
-  stderr.
+  until it succeeds (``await_startup`` returns too early), then the AMQP port
+  itself: a protocol header is sent until the node answers with its
+  ``connection.start`` frame.  "Running" alone was once seen with the listener
+  refusing connections for minutes after a restart; a node that does not
+  answer on its port in time is a start failure with the log tail, not a
+  silent hang in the test that uses it.  Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -197,6 +201,7 @@ class RabbitMQNode:
         self._own_dir = base_dir is None
         self.data_dir = Path(base_dir or tempfile.mkdtemp(prefix="gha-rmq-"))
         self._started = False
+        self._restarted_once = False
 
     # -- paths and environment -------------------------------------------------------
     @property
@@ -286,6 +291,17 @@ class RabbitMQNode:
             return False
         return res.returncode == 0
 
+    def amqp_answers(self, timeout: float = 2.0) -> bool:
+        """True when the AMQP port answers a protocol header with a method frame."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.amqp_port), timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                sock.sendall(b"AMQP\x00\x00\x09\x01")
+                first = sock.recv(1)
+        except OSError:
+            return False
+        return first == b"\x01"  # frame type 1: connection.start
+
     def _process_alive(self) -> bool:
         pid = self.pid
         if pid is None:
@@ -330,9 +346,23 @@ class RabbitMQNode:
         self._started = True
         deadline = t0 + self.start_timeout
         next_note = t0 + 5
+        running_at: Optional[float] = None
         while True:
             if self.is_running():
-                break
+                if self.amqp_answers():
+                    break
+                now = time.monotonic()
+                if running_at is None:
+                    running_at = now
+                elif now - running_at > 15 and not self._restarted_once:
+                    # Seen once: "running", yet the listener refused for minutes.
+                    self._progress(
+                        f"{self.node_name} runs but its AMQP port does not answer after "
+                        f"15 s; restarting it once. Log tail:\n{self.tail_log(60)}"
+                    )
+                    self._restarted_once = True
+                    self.stop()
+                    return self.start()
             now = time.monotonic()
             if now > deadline:
                 tail = self.tail_log()
@@ -348,6 +378,7 @@ class RabbitMQNode:
         self._progress(
             f"{self.node_name} running after {time.monotonic() - t0:.1f} s (pid {self.pid})"
         )
+        self._restarted_once = False
         return self
 
     def stop(self) -> None:

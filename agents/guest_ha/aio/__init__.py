@@ -1,0 +1,1 @@
+"""The all-in-one demo (``scripts/aio.sh``): deploy with Ansible, then show it working."""
