@@ -127,8 +127,8 @@ def run_playbook(
             f"{os.path.basename(playbook)} failed (rc={rc}); last lines:\n" + "\n".join(tail)
         )
     say(
-        f"  done in {run.seconds:.0f} s: {tasks} tasks, {run.changed} changed "
-        f"({'first run' if run.changed else 'nothing to change: idempotent'})"
+        f"  done in {run.seconds:.0f} s: {tasks} tasks, "
+        + (f"{run.changed} changed" if run.changed else "nothing changed (idempotent)")
     )
     return run
 
@@ -517,7 +517,7 @@ def summary(dep: Deployment, outcome: Outcome, root: str, extra: Sequence[str]) 
         say(
             "  controller reporters: "
             + ", ".join(
-                f"{name} {r.get('delivered', '?')} delivered / {r.get('errors', 0)} errors"
+                f"{name} {r.get('sent', '?')} sent / {r.get('errors', 0)} errors"
                 for name, r in sorted(reporters.items())
             )
         )
