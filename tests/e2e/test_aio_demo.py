@@ -71,7 +71,10 @@ def _port_open(port: int) -> bool:
 
 
 @pytest.fixture
-def aio_args() -> Iterator[Dict[str, Any]]:
+def aio_args(libvirt_uri: str) -> Iterator[Dict[str, Any]]:
+    # libvirt_uri: libvirtd started the way the other e2e tests need it (their
+    # private 0700 folders need QEMU to run as root), before the aio's compute
+    # role would start it with the distribution's settings.
     if os.geteuid() != 0:
         pytest.skip("the all-in-one needs root")
     from guest_ha.testing.rabbitmq import pick_free_ports
