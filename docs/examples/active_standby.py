@@ -15,7 +15,8 @@ The rules (see docs/vnf-developer-guide.md, "Avoiding split brain"):
   1. it has missed ``misses`` consecutive lease announcements, and
   2. a status query answers, and in it the active's VM (the ``source_instance``
      of its last lease, stamped by the host, never by the sender) is not
-     ``state == "active"`` and ``power_state == "running"``, or is gone.
+     ``state == "active"`` and ``power_state == "running"`` with a healthy
+     heartbeat (``guest_health``), or is gone.
   If the status query fails (timeout, nack, no host) it does NOT take over: an
   unknown state is never read as "dead".
 * A new active uses ``epoch + 1``. An active that hears a lease with a higher
@@ -42,8 +43,14 @@ LOG = logging.getLogger("active_standby")
 
 
 def is_up(member: Dict[str, Any]) -> bool:
-    """Nova says the VM runs: vm_state active and power state running."""
-    return member.get("state") == "active" and member.get("power_state") == "running"
+    """The VM runs (Nova: vm_state active, power state running) and its heartbeat
+    is not in fault (``guest_health`` absent or ``healthy``): a hung active still
+    looks running to Nova, but guest-ha says ``heartbeat_lost`` within a second."""
+    return (
+        member.get("state") == "active"
+        and member.get("power_state") == "running"
+        and member.get("guest_health", "healthy") == "healthy"
+    )
 
 
 class LeaseArbiter:

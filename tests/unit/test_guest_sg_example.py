@@ -81,3 +81,18 @@ def test_foreign_and_malformed_broadcasts_are_ignored():
         b.on_broadcast(A, data, 1.0)
     b.on_broadcast(A, {"app": ex.APP, "type": "lease", "epoch": True}, 1.0)
     assert b.active_uuid is None and b.epoch == 0
+
+
+def test_a_hung_active_is_taken_over_on_its_heartbeat_fault_while_nova_says_running():
+    b = ex.LeaseArbiter(0.0, period_s=0.5, misses=3, self_uuid=B)
+    b.on_broadcast(A, lease(2), 0.0)
+    hung = {**m(A), "guest_health": "heartbeat_lost"}
+    assert hung["state"] == "active" and hung["power_state"] == "running"
+    b.on_notification(hung, 0.2)  # guest-ha tells the group before any lease is missed
+    assert not b.wants_status(0.2)  # leases still fresh: an announcement alone is not enough
+    assert b.wants_status(1.6)  # leases missed: check at once
+    # Nova still says active/running, but its heartbeat is lost: take over.
+    assert b.decide([hung, m(B)], 1.6) is True
+    assert (b.role, b.epoch) == ("active", 3)
+    # A recovered peer counts as up again.
+    assert ex.is_up({**m(A), "guest_health": "healthy"})
