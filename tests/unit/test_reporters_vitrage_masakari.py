@@ -116,6 +116,17 @@ def test_vitrage_reporter_posts_to_rca_and_ignores_non_faults() -> None:
     }
     assert call["json"]["type"] == FAULT_EVENT
     assert call["raise_exc"] is False
+    assert call["endpoint_override"] is None  # the catalog's endpoint
+
+
+def test_endpoint_override_replaces_the_catalog_endpoint() -> None:
+    session = Session(Response(200))
+    VitrageReporter(session, endpoint_override="http://lb.internal:8999").report(
+        ev("vm_crashed", True)
+    )
+    (call,) = session.calls
+    assert call["endpoint_override"] == "http://lb.internal:8999"
+    assert call["path"] == "/v1/event"
 
 
 @pytest.mark.parametrize(
@@ -240,6 +251,7 @@ def test_build_reporters_knows_vitrage_and_masakari(tmp_path, monkeypatch) -> No
         region="R",
         interface="admin",
         timeout_s=3.0,
+        endpoint_override="http://masakari.lb:15868",
     )
     conf = SimpleNamespace(
         controller=SimpleNamespace(reporters=["vitrage", "masakari"]),
@@ -251,4 +263,5 @@ def test_build_reporters_knows_vitrage_and_masakari(tmp_path, monkeypatch) -> No
     assert isinstance(reporters["masakari"], MasakariReporter)
     assert reporters["masakari"].endpoint_filter["region_name"] == "R"
     assert reporters["vitrage"].timeout == 3.0
+    assert reporters["masakari"].endpoint_override == "http://masakari.lb:15868"
     assert sessions == ["c1", "c1"]

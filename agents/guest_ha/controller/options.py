@@ -68,6 +68,14 @@ def _credential_opts(service: str, clouds_help: str = "") -> list:
 def _service_reporter_opts(service: str) -> list:
     return [
         *_credential_opts(service),
+        cfg.StrOpt(
+            "endpoint_override",
+            help=(
+                f"Call {service} at this URL instead of the one in the Keystone catalog "
+                "(for example an internal load balancer), including the version path "
+                "the catalog entry would have. Tokens still come from Keystone."
+            ),
+        ),
         cfg.FloatOpt(
             "timeout_s",
             default=10.0,

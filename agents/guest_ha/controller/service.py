@@ -367,6 +367,7 @@ def _http_reporter(name: str, conf: Any) -> Reporter:
         "region": opts.region,
         "interface": opts.interface,
         "timeout": opts.timeout_s,
+        "endpoint_override": opts.endpoint_override,
     }
     if name == "nova":
         kwargs["reset_on_recovery"] = opts.reset_on_recovery

@@ -45,6 +45,7 @@ class HttpReporter:
         region: Optional[str] = None,
         interface: str = "public",
         timeout: float = 10.0,
+        endpoint_override: Optional[str] = None,
     ) -> None:
         self.session = session
         self.timeout = timeout
@@ -53,6 +54,7 @@ class HttpReporter:
             "interface": interface,
             "region_name": region,
         }
+        self.endpoint_override = endpoint_override or None
 
     def post(self, path: str, body: Dict[str, Any]) -> Any:
         """POST ``body``; return the response (any status). Unreachable: retryable error."""
@@ -61,6 +63,7 @@ class HttpReporter:
                 path,
                 json=body,
                 endpoint_filter=self.endpoint_filter,
+                endpoint_override=self.endpoint_override,
                 raise_exc=False,
                 timeout=self.timeout,
             )
