@@ -4,9 +4,12 @@ reporters, over a real RabbitMQ node.
 Simulated VMs (in this process) toggle their health; the real compute agent
 spools and forwards each event; a real controller process reports it. For the
 ``notification`` reporter the latency is measured to the moment a listener in
-this process receives it; with ``--nova``, the ``nova`` reporter calls a real
-nova-api (Keystone-authenticated) and its latency is to the completed
-``os-resetState`` call, read from the controller's store.
+this process receives it. With ``--nova``, the ``nova`` reporter calls a real
+nova-api (Keystone-authenticated) through a relay in this process
+(``endpoint_override``, see ``_arrival_proxy.py``): ``nova_report_ms_*`` is to
+the ``os-resetState`` request arriving at nova-api's endpoint, as the target
+defines it, and ``nova_done_ms_*`` to nova-api having completed it (read from
+the controller's store), which adds nova-api's own processing.
 
     python bench/fault_pipeline.py --faults 200 [--rate 5] [--nova]
 """
@@ -24,6 +27,7 @@ import time
 from collections import Counter
 
 import _bench
+from _arrival_proxy import ArrivalProxy
 from guest_ha.sim import VmSimulator
 from guest_ha.sim.harness import EngineProcess, wait_until
 from guest_ha.testing.controller import ControllerProcess, NotificationCollector
@@ -47,6 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="gha-bench-")
     cloud = None
+    proxy = None
     try:
         with RabbitMQNode() as rabbit, VmSimulator(os.path.join(workdir, "vms")) as sim:
             reporters = ["notification"]
@@ -57,7 +62,14 @@ def main() -> None:
                 _bench.progress("starting Keystone and nova-api")
                 cloud = OpenStackCloud().start()
                 clouds = cloud.clouds_yaml(os.path.join(workdir, "clouds.yaml"))
-                extra = {"reporter_nova": {"clouds_yaml": str(clouds), "cloud": "guest-ha"}}
+                proxy = ArrivalProxy(cloud.nova_url, rb"POST \S*/servers/([0-9a-f-]{36})/action ")
+                extra = {
+                    "reporter_nova": {
+                        "clouds_yaml": str(clouds),
+                        "cloud": "guest-ha",
+                        "endpoint_override": proxy.url,
+                    }
+                }
                 reporters.append("nova")
             vms = [sim.add_vm(interval_ms=100) for _ in range(args.vms)]
             if cloud is not None:
@@ -114,6 +126,8 @@ def main() -> None:
                     120,
                     interval=0.2,
                 )
+                if proxy is not None:  # every fault's os-resetState reached nova-api
+                    wait_until(lambda: len(proxy.arrivals) >= len(faults()), 120, interval=0.2)
                 time.sleep(1.0)
                 events = faults()
             collector.stop()
@@ -132,13 +146,19 @@ def main() -> None:
             duplicates = sum(n - 1 for n in counts.values() if n > 1)
             import json
 
-            stages = sqlite3.connect(db).execute(
-                "SELECT e.body, e.received_at, d.done_at FROM deliveries d "
-                "JOIN events e ON e.key = d.key WHERE d.reporter = 'notification' AND e.fault = 1"
-            ).fetchall()
+            stages = (
+                sqlite3.connect(db)
+                .execute(
+                    "SELECT e.body, e.received_at, d.done_at FROM deliveries d "
+                    "JOIN events e ON e.key = d.key "
+                    "WHERE d.reporter = 'notification' AND e.fault = 1"
+                )
+                .fetchall()
+            )
             to_controller = [(r[1] - wall(json.loads(r[0])["time"])) * 1000 for r in stages]
             in_controller = [(r[2] - r[1]) * 1000 for r in stages if r[2]]
-            nova_ms = []
+            nova_ms: list = []
+            nova_done_ms: list = []
             if args.nova:
                 rows = (
                     sqlite3.connect(db)
@@ -150,8 +170,21 @@ def main() -> None:
                 )
                 import json
 
-                nova_ms = [(done - wall(json.loads(body)["time"])) * 1000 for body, done in rows]
+                nova_done_ms = [
+                    (done - wall(json.loads(body)["time"])) * 1000 for body, done in rows
+                ]
+                # Arrival at nova-api: the first request for that server after the event.
+                arrivals = sorted(proxy.arrivals)
+                for e in events:
+                    at = wall(e["time"])
+                    first = next(
+                        (t for t, u in arrivals if u == e["instance_uuid"] and t >= at), None
+                    )
+                    if first is not None:
+                        nova_ms.append((first - at) * 1000)
     finally:
+        if proxy is not None:
+            proxy.close()
         if cloud is not None:
             cloud.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -168,9 +201,12 @@ def main() -> None:
         "duplicates": duplicates,
         "machine": _bench.machine(),
     }
-    if nova_ms:
+    if args.nova:
+        result["nova_reported"] = len(nova_ms)
         result["nova_report_ms_p50"] = round(_bench.percentile(nova_ms, 50), 2)
         result["nova_report_ms_p99"] = round(_bench.percentile(nova_ms, 99), 2)
+        result["nova_done_ms_p50"] = round(_bench.percentile(nova_done_ms, 50), 2)
+        result["nova_done_ms_p99"] = round(_bench.percentile(nova_done_ms, 99), 2)
     _bench.emit(result)
 
 
