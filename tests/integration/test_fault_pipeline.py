@@ -97,6 +97,7 @@ def test_fault_reaches_log_and_notification_reporters(rabbit, collector, short_t
             engine.wait_event("heartbeat_lost", vm.uuid)
             sim.thaw(vm.uuid)
             engine.wait_event("recovered", vm.uuid)
+
             def reported():
                 return [g for g in collector.got if g["payload"]["kind"] != "registered"]
 

@@ -20,7 +20,8 @@ from guest_ha.testing.openstack import OpenStackCloud, openstack_fixture
 pytestmark = pytest.mark.integration
 
 ks_session = pytest.importorskip(
-    "keystoneauth1.session", reason="keystoneauth1 is needed in the project venv")
+    "keystoneauth1.session", reason="keystoneauth1 is needed in the project venv"
+)
 
 cloud = openstack_fixture(scope="module")
 
@@ -36,7 +37,8 @@ def sess(cloud: OpenStackCloud) -> Any:
 @pytest.fixture(scope="module")
 def seeded(cloud: OpenStackCloud) -> Dict[str, Any]:
     flavor = cloud.create_flavor(
-        "gha.small", {"guest_ha:heartbeat": "true", "guest_ha:server_group_messaging": "true"})
+        "gha.small", {"guest_ha:heartbeat": "true", "guest_ha:server_group_messaging": "true"}
+    )
     group = cloud.create_server_group("gha-group", "anti-affinity")
     servers = [str(uuid.uuid4()), str(uuid.uuid4())]
     cloud.create_server(servers[0], "vm-a", "gha.small", "compute-1", server_group=group["uuid"])
@@ -56,8 +58,9 @@ def test_keystone_token_and_catalog(cloud: OpenStackCloud, sess: Any) -> None:
     assert compute_urls["public"] == cloud.nova_url
     assert sess.get_endpoint(**COMPUTE) == cloud.nova_url
     # The token is a real Keystone token: Keystone itself validates it.
-    resp = sess.get(cloud.auth_url + "/auth/tokens",
-                    headers={"X-Subject-Token": token}, authenticated=True)
+    resp = sess.get(
+        cloud.auth_url + "/auth/tokens", headers={"X-Subject-Token": token}, authenticated=True
+    )
     assert resp.status_code == 200
 
 
@@ -72,7 +75,9 @@ def test_server_shows_extra_specs_and_groups(sess: Any, seeded: Dict[str, Any]) 
     assert server["OS-EXT-SRV-ATTR:host"] == "compute-1"
     assert server["flavor"]["original_name"] == "gha.small"
     assert server["flavor"]["extra_specs"] == {
-        "guest_ha:heartbeat": "true", "guest_ha:server_group_messaging": "true"}
+        "guest_ha:heartbeat": "true",
+        "guest_ha:server_group_messaging": "true",
+    }
     assert server["server_groups"] == [seeded["group"]["uuid"]]
 
 
@@ -83,8 +88,7 @@ def test_neutron_stand_in_was_asked(cloud: OpenStackCloud, seeded: Dict[str, Any
 
 
 def test_server_groups_all_projects_lists_members(sess: Any, seeded: Dict[str, Any]) -> None:
-    resp = sess.get("/os-server-groups?all_projects=True", endpoint_filter=COMPUTE,
-                    headers=MV_271)
+    resp = sess.get("/os-server-groups?all_projects=True", endpoint_filter=COMPUTE, headers=MV_271)
     assert resp.status_code == 200, resp.text
     groups = {g["id"]: g for g in resp.json()["server_groups"]}
     group = groups[seeded["group"]["uuid"]]
@@ -95,24 +99,30 @@ def test_server_groups_all_projects_lists_members(sess: Any, seeded: Dict[str, A
 
 def test_reset_state_to_error(sess: Any, seeded: Dict[str, Any]) -> None:
     server_id = seeded["servers"][1]
-    resp = sess.post(f"/servers/{server_id}/action", endpoint_filter=COMPUTE,
-                     json={"os-resetState": {"state": "error"}})
+    resp = sess.post(
+        f"/servers/{server_id}/action",
+        endpoint_filter=COMPUTE,
+        json={"os-resetState": {"state": "error"}},
+    )
     assert resp.status_code == 202, resp.text
-    server = sess.get(f"/servers/{server_id}", endpoint_filter=COMPUTE,
-                      headers=MV_271).json()["server"]
+    server = sess.get(f"/servers/{server_id}", endpoint_filter=COMPUTE, headers=MV_271).json()[
+        "server"
+    ]
     assert server["status"] == "ERROR"
     assert server["OS-EXT-STS:vm_state"] == "error"
 
 
-def test_unauthenticated_request_is_rejected(cloud: OpenStackCloud,
-                                             seeded: Dict[str, Any]) -> None:
+def test_unauthenticated_request_is_rejected(cloud: OpenStackCloud, seeded: Dict[str, Any]) -> None:
     server_id = seeded["servers"][0]
     plain = ks_session.Session()  # no auth plugin: no token is sent
     resp = plain.get(f"{cloud.nova_url}/servers/{server_id}", raise_exc=False)
     assert resp.status_code == 401
     # A forged token is rejected by keystonemiddleware too.
-    resp = plain.get(f"{cloud.nova_url}/servers/{server_id}", raise_exc=False,
-                     headers={"X-Auth-Token": "gAAAAAforged"})
+    resp = plain.get(
+        f"{cloud.nova_url}/servers/{server_id}",
+        raise_exc=False,
+        headers={"X-Auth-Token": "gAAAAAforged"},
+    )
     assert resp.status_code == 401
 
 
@@ -146,9 +156,16 @@ def test_stop_ends_processes_and_removes_state() -> None:
         server_id = str(uuid.uuid4())
         own.create_server(server_id, "vm-h", "hdr.small", "compute-9")
         plain = ks_session.Session()
-        resp = plain.get(f"{own.nova_url}/servers/{server_id}", raise_exc=False, headers={
-            "X-User-Id": own.admin_user_id, "X-Project-Id": own.admin_project_id,
-            "X-Roles": "admin,member,reader", **MV_271})
+        resp = plain.get(
+            f"{own.nova_url}/servers/{server_id}",
+            raise_exc=False,
+            headers={
+                "X-User-Id": own.admin_user_id,
+                "X-Project-Id": own.admin_project_id,
+                "X-Roles": "admin,member,reader",
+                **MV_271,
+            },
+        )
         assert resp.status_code == 200, resp.text
         assert resp.json()["server"]["flavor"]["extra_specs"] == {"guest_ha:heartbeat": "true"}
     finally:

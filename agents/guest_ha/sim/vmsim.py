@@ -259,27 +259,43 @@ class VmSimulator:
             pass
 
     def _loop(self) -> None:
+        # Scanning every guest on every wake-up costs O(VMs) per message: with
+        # thousands of messages per second the simulator would eat the CPU the
+        # agents under test need. A guest's deadlines change only with time (the
+        # earliest is kept in next_scan), with bytes from its own socket (only
+        # that guest is ticked) or with a command (everything is scanned).
+        next_scan = 0.0
+        hostile = False
         while self._running:
-            now = time.monotonic()
-            timeout = 0.05
-            if any(vm.guest is not None and vm.guest.hostile for vm in self._vms.values()):
-                timeout = 0.005
-            for key, mask in self._selector.select(timeout):
+            ready = self._selector.select(0.005 if hostile else 0.05)
+            touched = set()
+            for key, mask in ready:
                 kind, vm_uuid = key.data
+                touched.add(vm_uuid)
                 try:
                     self._on_ready(kind, vm_uuid, mask)
                 except Exception as exc:  # keep the simulator alive; tests check loop_errors
                     self.loop_errors.append(f"{kind} {vm_uuid}: {exc!r}")
             now = time.monotonic()
-            self._run_commands()
-            self._tick_guests(now)
+            if self._run_commands() or hostile or now >= next_scan:
+                next_scan = self._tick_guests(now)
+                hostile = any(
+                    vm.guest is not None and vm.guest.hostile for vm in self._vms.values()
+                )
+                continue
+            for vm_uuid in touched:
+                vm = self._vms.get(vm_uuid)
+                if vm is not None:
+                    next_scan = min(next_scan, self._tick_guest(vm, now))
 
-    def _run_commands(self) -> None:
+    def _run_commands(self) -> bool:
+        ran = False
         while True:
             try:
                 fn, future = self._commands.get_nowait()
             except queue.Empty:
-                return
+                return ran
+            ran = True
             try:
                 future.set_result(fn())
             except Exception as exc:
@@ -501,19 +517,28 @@ class VmSimulator:
         elif key.events != events:
             self._selector.modify(vm.conn, events, ("conn", vm.info.uuid))
 
-    def _tick_guests(self, now: float) -> None:
-        for vm in self._vms.values():
-            guest = vm.guest
-            if guest is None or guest.frozen or guest.stopped:
-                continue
+    def _tick_guests(self, now: float) -> float:
+        """Tick every guest that is due; return the earliest next deadline."""
+        earliest = now + 0.05
+        for vm in list(self._vms.values()):
+            earliest = min(earliest, self._tick_guest(vm, now))
+        return earliest
+
+    def _tick_guest(self, vm: _SimVm, now: float) -> float:
+        """Tick one guest if it is due; return its next deadline (or far away)."""
+        guest = vm.guest
+        if guest is None or guest.frozen or guest.stopped:
+            return float("inf")
+        deadline = guest.channel.next_deadline()
+        if deadline is not None and deadline <= now:
+            guest.channel.tick(now)
+            self._pump_guest(vm)
             deadline = guest.channel.next_deadline()
-            if deadline is not None and deadline <= now:
-                guest.channel.tick(now)
-                self._pump_guest(vm)
-            if guest.hostile and vm.conn is not None and len(vm.to_host) < 65536:
-                payload = self._hostile_bytes(guest.hostile, vm)
-                guest.hostile_bytes += len(payload)
-                self._queue_to_host(vm, payload)
+        if guest.hostile and vm.conn is not None and len(vm.to_host) < 65536:
+            payload = self._hostile_bytes(guest.hostile, vm)
+            guest.hostile_bytes += len(payload)
+            self._queue_to_host(vm, payload)
+        return float("inf") if deadline is None else deadline
 
     def _hostile_bytes(self, kind: str, vm: _SimVm) -> bytes:
         rng = self._rng

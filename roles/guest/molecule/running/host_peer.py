@@ -5,6 +5,7 @@ scenario "running": a pty stands in for the guest's virtio-serial port.
     host_peer.py start DIR   # start a detached peer; DIR/port is a link to its pty
     host_peer.py stop DIR    # stop the peer named in DIR/peer.pid
 
+DIR is an absolute path.
 The peer plays the compute agent with the protocol core (guest_ha.testing.pty_host):
 it answers every ``init`` with an ``init_ack`` for the requested interval (clamped
 to 100..60000 ms), challenges the guest every interval while it is registered,
@@ -60,7 +61,7 @@ def _peer_pid(state_dir: str) -> Optional[int]:
         return None
     if not any(a.endswith(b"host_peer.py") for a in argv):
         return None
-    if os.fsencode(os.path.abspath(state_dir)) not in argv:
+    if os.fsencode(state_dir) not in argv:
         return None
     return pid
 
@@ -115,20 +116,24 @@ class Peer:
             # The same daemon again (it re-sends init until acknowledged): ack it again.
             self.current["inits"] += 1
         else:
+            if self.current is not None:
+                self.current["replaced"] = True  # gone without "exit", back with a new one
             self.current = {
                 "invocation_id": msg["invocation_id"],
                 "name": msg["name"],
                 "interval_ms": requested,
                 "acked_interval_ms": acked,
-                "corrective_action": msg.get("corrective_action"),
+                "corrective_action": msg.fields.get("corrective_action"),
                 "registered_at": time.time(),
                 "inits": 1,
                 "challenges_answered": 0,
                 "missed": 0,
+                "missed_in_a_row": 0,
                 "last_health": None,
                 "last_reason": None,
                 "exit_reason": None,
                 "lost": False,
+                "replaced": False,
             }
             self.state["registrations"].append(self.current)
             self.log(f"registered {msg['name']} ({msg['invocation_id']}), interval {acked} ms")
@@ -175,7 +180,7 @@ class Peer:
             return
         if self.outstanding is not None:
             cur["missed"] += 1
-            cur["missed_in_a_row"] = cur.get("missed_in_a_row", 0) + 1
+            cur["missed_in_a_row"] += 1
             self.dirty = True
             if cur["missed_in_a_row"] >= LOST_AFTER:
                 cur["lost"] = True
@@ -212,12 +217,12 @@ class Peer:
                 self.state["errors"].append(f"{type(exc).__name__}: {exc}"[:300])
                 self.dirty = True
             now = time.monotonic()
-            while self.host.inbox:
-                self.on_message(self.host.inbox.pop(0), now)
             try:
+                while self.host.inbox:
+                    self.on_message(self.host.inbox.pop(0), now)
                 self.challenge(now)
-            except (AssertionError, OSError) as exc:
-                self.state["errors"].append(f"send: {exc}"[:300])
+            except Exception as exc:  # e.g. the pty not writable: record it, keep serving
+                self.state["errors"].append(f"{type(exc).__name__}: {exc}"[:300])
                 self.dirty = True
             self.write()
         self.log("stopping")
@@ -229,7 +234,6 @@ class Peer:
 
 
 def start(state_dir: str) -> int:
-    state_dir = os.path.abspath(state_dir)
     paths = _paths(state_dir)
     pid = _peer_pid(state_dir)
     if pid is not None:
@@ -274,7 +278,6 @@ def start(state_dir: str) -> int:
 
 
 def stop(state_dir: str) -> int:
-    state_dir = os.path.abspath(state_dir)
     paths = _paths(state_dir)
     pid = _peer_pid(state_dir)
     if pid is None:
@@ -296,4 +299,6 @@ def stop(state_dir: str) -> int:
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in ("start", "stop"):
         sys.exit(__doc__)
+    if not os.path.isabs(sys.argv[2]):
+        sys.exit("DIR must be an absolute path")
     sys.exit(start(sys.argv[2]) if sys.argv[1] == "start" else stop(sys.argv[2]))
