@@ -330,13 +330,15 @@ def sha256_file(path: str) -> str:
 
 
 def _walk_files(top: str) -> Iterable[str]:
+    """Files that can change the image: not bytecode, Molecule scenarios or docs
+    (editing those must not rebuild the image and reboot the all-in-one guests)."""
     if os.path.isfile(top):
         yield top
         return
     for root, dirs, files in os.walk(top):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "molecule"))
         for name in sorted(files):
-            if not name.endswith((".pyc", ".pyo")):
+            if not name.endswith((".pyc", ".pyo", ".md")):
                 yield os.path.join(root, name)
 
 
