@@ -48,14 +48,21 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=10)
     parser.add_argument("--rate", type=float, default=5.0, help="faults per second")
     parser.add_argument("--nova", action="store_true", help="also report to a real nova-api")
+    parser.add_argument(
+        "--workers", type=int, default=4, help="[controller] dispatch_workers (per reporter)"
+    )
+    parser.add_argument("--warmup", type=int, default=10, help="faults sent first and not measured")
     args = parser.parse_args()
+    if args.vms / args.rate < 0.6:
+        # Each VM recovers 0.3 s after its fault; its next fault must come later.
+        parser.error("each VM faults every VMS/RATE seconds: make that at least 0.6 s")
     workdir = tempfile.mkdtemp(prefix="gha-bench-")
     cloud = None
     proxy = None
     try:
         with RabbitMQNode() as rabbit, VmSimulator(os.path.join(workdir, "vms")) as sim:
             reporters = ["notification"]
-            extra = {}
+            extra: dict = {}
             if args.nova:
                 from guest_ha.testing.openstack import OpenStackCloud
 
@@ -71,6 +78,7 @@ def main() -> None:
                     }
                 }
                 reporters.append("nova")
+            extra["controller"] = {"dispatch_workers": str(args.workers)}
             vms = [sim.add_vm(interval_ms=100) for _ in range(args.vms)]
             if cloud is not None:
                 cloud.create_host("compute-a")
@@ -99,18 +107,35 @@ def main() -> None:
             ):
                 for vm in vms:
                     engine.wait_event("registered", vm.uuid, timeout=30)
-                _bench.progress(f"sending {args.faults} faults")
                 # One VM at a time turns unhealthy, at --rate faults per second, and
                 # recovers 0.3 s later: latency is measured, not throughput.
                 period = 1.0 / args.rate
-                next_at = time.monotonic()
-                for sent in range(args.faults):
-                    vm = vms[sent % len(vms)]
-                    sim.set_health(vm.uuid, False, "bench fault")
-                    threading.Timer(0.3, sim.set_health, (vm.uuid, True)).start()
-                    next_at += period
-                    time.sleep(max(0.0, next_at - time.monotonic()))
-                faults = lambda: [e for e in engine.events() if e["fault"]]  # noqa: E731
+
+                def send(count: int) -> None:
+                    next_at = time.monotonic()
+                    for sent in range(count):
+                        vm = vms[sent % len(vms)]
+                        sim.set_health(vm.uuid, False, "bench fault")
+                        threading.Timer(0.3, sim.set_health, (vm.uuid, True)).start()
+                        next_at += period
+                        time.sleep(max(0.0, next_at - time.monotonic()))
+
+                all_faults = lambda: [e for e in engine.events() if e["fault"]]  # noqa: E731
+                if args.warmup:
+                    # Not measured: the first calls pay for the Keystone token, the
+                    # reporters' connections and the services' own cold start.
+                    _bench.progress(f"warming up with {args.warmup} faults")
+                    send(args.warmup)
+                    wait_until(lambda: len(all_faults()) >= args.warmup, 120, interval=0.2)
+                    if proxy is not None:
+                        wait_until(lambda: len(proxy.arrivals) >= args.warmup, 120, interval=0.2)
+                    time.sleep(2.0)
+                measure_from = time.monotonic()
+                faults = lambda: [  # noqa: E731
+                    e for e in all_faults() if e["monotonic"] >= measure_from
+                ]
+                _bench.progress(f"sending {args.faults} faults")
+                send(args.faults)
                 wait_until(lambda: len(faults()) >= args.faults, 120, interval=0.2)
                 wait_until(
                     lambda: (
@@ -127,7 +152,7 @@ def main() -> None:
                     interval=0.2,
                 )
                 if proxy is not None:  # every fault's os-resetState reached nova-api
-                    wait_until(lambda: len(proxy.arrivals) >= len(faults()), 120, interval=0.2)
+                    wait_until(lambda: len(proxy.arrivals) >= len(all_faults()), 120, interval=0.2)
                 time.sleep(1.0)
                 events = faults()
             collector.stop()
@@ -155,6 +180,7 @@ def main() -> None:
                 )
                 .fetchall()
             )
+            stages = [r for r in stages if json.loads(r[0])["monotonic"] >= measure_from]
             to_controller = [(r[1] - wall(json.loads(r[0])["time"])) * 1000 for r in stages]
             in_controller = [(r[2] - r[1]) * 1000 for r in stages if r[2]]
             nova_ms: list = []
@@ -168,8 +194,7 @@ def main() -> None:
                     )
                     .fetchall()
                 )
-                import json
-
+                rows = [r for r in rows if json.loads(r[0])["monotonic"] >= measure_from]
                 nova_done_ms = [
                     (done - wall(json.loads(body)["time"])) * 1000 for body, done in rows
                 ]
@@ -199,6 +224,8 @@ def main() -> None:
         "to_controller_ms_p99": round(_bench.percentile(to_controller, 99), 2),
         "controller_to_reported_ms_p99": round(_bench.percentile(in_controller, 99), 2),
         "duplicates": duplicates,
+        "dispatch_workers": args.workers,
+        "warmup_faults": args.warmup,
         "machine": _bench.machine(),
     }
     if args.nova:

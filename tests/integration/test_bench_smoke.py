@@ -59,3 +59,31 @@ def test_detection_latency_reports_its_fields() -> None:
     assert result["trials"] == 2
     assert result["detection_ms_min"] > 0
     assert result["detection_ms_p50"] <= result["detection_ms_p99"] <= result["detection_ms_max"]
+
+
+def test_fault_pipeline_reports_its_fields() -> None:
+    pytest.importorskip("oslo_messaging")
+    from guest_ha.testing.rabbitmq import rabbitmq_installed
+
+    if not rabbitmq_installed():
+        pytest.skip("rabbitmq-server is not installed")
+    result = run_bench(
+        "bench/fault_pipeline.py", "--faults", "6", "--vms", "3", "--rate", "5", "--warmup", "2"
+    )
+    assert result["faults"] == 6 and result["warmup_faults"] == 2
+    assert result["lost"] == 0 and result["duplicates"] == 0
+    assert result["report_ms_p50"] > 0 and result["to_controller_ms_p50"] > 0
+
+
+def test_sgm_latency_reports_its_fields() -> None:
+    pytest.importorskip("oslo_messaging")
+    from guest_ha.testing.rabbitmq import rabbitmq_installed
+
+    if not rabbitmq_installed():
+        pytest.skip("rabbitmq-server is not installed")
+    result = run_bench(
+        "bench/sgm_latency.py",
+        "--groups", "2", "--members", "3", "--rate", "20", "--duration", "2",
+    )  # fmt: skip
+    assert result["delivered"] == 40 * 2 and result["lost"] == 0
+    assert result["broadcast_ms_p50"] > 0
