@@ -415,3 +415,36 @@ def test_heartbeat_events_outside_groups_or_lifecycle_notify_nobody() -> None:
     r.heartbeat_event("not-a-uuid", "unhealthy")
     assert casts == []
     assert r.snapshot()["heartbeat_events"] == 0
+
+
+def test_started_router_sends_from_a_thread_merging_per_host_in_order() -> None:
+    import threading
+    import time
+
+    entered, gate = threading.Event(), threading.Event()
+    casts: List[Tuple[str, list]] = []
+
+    def cast(host: str, items: list) -> None:
+        entered.set()
+        assert gate.wait(5)
+        casts.append((host, [i["fields"]["data"] for i in items]))
+
+    r = ServerGroupRouter(StaticSource({"g1": [A, B, C]}, STATUSES), cast)
+    r.start()
+    try:
+        r.relay("h1", A, "broadcast", {"data": 0})  # returns at once; the sender casts it
+        assert entered.wait(5)
+        for i in range(1, 6):  # queued while the sender is busy
+            r.relay("h1", A, "broadcast", {"data": i})
+        gate.set()
+        deadline = time.monotonic() + 5
+        while len(casts) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        r.stop()
+    by_host: Dict[str, list] = {}
+    for host, data in casts:
+        by_host.setdefault(host, []).append(data)
+    # One cast per host for the first, one per host for the five that piled up.
+    assert by_host == {"h1": [[0], [1, 2, 3, 4, 5]], "h2": [[0], [1, 2, 3, 4, 5]]}
+    assert r.snapshot()["casts"] == 4 and r.snapshot()["deliveries"] == 12

@@ -548,6 +548,7 @@ class ServerGroupRouter:
             "vm_state_reports": 0,
             "syncs_sent": 0,
             "syncs_applied": 0,
+            "outbox_dropped": 0,
         }
         self._counter_lock = threading.Lock()
         self.rlog = RateLimitedLog(LOG)
@@ -559,6 +560,12 @@ class ServerGroupRouter:
         self._fetch_lock = threading.Lock()
         self._fetching: Set[str] = set()
         self.listeners: List[Any] = []
+        # Deliveries waiting for the sender thread, per host, in order. Without
+        # a sender (unit tests, before start()) _send casts synchronously.
+        self._outbox: Dict[str, List[Dict[str, Any]]] = {}
+        self._outbox_items = 0
+        self._outbox_cond = threading.Condition()
+        self._sender: Optional[threading.Thread] = None
 
     # -- lifecycle
     def count(self, key: str, n: int = 1) -> None:
@@ -594,6 +601,8 @@ class ServerGroupRouter:
         )
         self._thread = threading.Thread(target=self._run, name="sg-refresh", daemon=True)
         self._thread.start()
+        self._sender = threading.Thread(target=self._send_loop, name="sg-sender", daemon=True)
+        self._sender.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -607,6 +616,10 @@ class ServerGroupRouter:
     def stop(self) -> None:
         self._stop.set()
         self._refresh_now.set()
+        with self._outbox_cond:
+            self._outbox_cond.notify_all()
+        if self._sender is not None:
+            self._sender.join(timeout=5)
         for listener in self.listeners:
             try:
                 listener.stop()
@@ -647,12 +660,55 @@ class ServerGroupRouter:
             self._batch.pending = None
         self._send(pending)
 
+    #: Most deliveries waiting for the sender; beyond it new ones are dropped
+    #: (best effort, counted and logged): a stuck broker cannot exhaust memory.
+    MAX_OUTBOX = 100_000
+
     def _send(self, deliveries: Deliveries) -> None:
         pending = getattr(self._batch, "pending", None)
         if pending is not None:  # inside relay_batch: flushed together at its end
             for host, items in deliveries.items():
                 pending.setdefault(host, []).extend(items)
             return
+        if self._sender is not None:
+            self._enqueue(deliveries)
+            return
+        self._cast_all(deliveries)
+
+    def _enqueue(self, deliveries: Deliveries) -> None:
+        """Hand deliveries to the sender thread. While it casts, more pile up and
+        leave together: one cast per host per round however many RPCs came in."""
+        dropped = 0
+        with self._outbox_cond:
+            for host, items in deliveries.items():
+                room = self.MAX_OUTBOX - self._outbox_items
+                if room < len(items):
+                    dropped += len(items) - max(room, 0)
+                    items = items[: max(room, 0)]
+                if items:
+                    self._outbox.setdefault(host, []).extend(items)
+                    self._outbox_items += len(items)
+            self._outbox_cond.notify()
+        if dropped:
+            self.count("outbox_dropped", dropped)
+            self.rlog(
+                logging.WARNING,
+                "outbox",
+                "server group outbox full: %d delivery(ies) dropped",
+                dropped,
+            )
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._outbox_cond:
+                while not self._outbox and not self._stop.is_set():
+                    self._outbox_cond.wait()
+                if not self._outbox and self._stop.is_set():
+                    return
+                batch, self._outbox, self._outbox_items = self._outbox, {}, 0
+            self._cast_all(batch)
+
+    def _cast_all(self, deliveries: Deliveries) -> None:
         for host, items in deliveries.items():
             try:
                 self._cast(host, items)

@@ -129,10 +129,14 @@ class VmSimulator:
         self.stop()
 
     # -- control API (any thread) -------------------------------------------------
-    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
-        """Run ``fn`` in the simulator thread and return its result."""
+    def call(self, fn: Callable[[], Any], timeout: float = 10.0, rescan: bool = True) -> Any:
+        """Run ``fn`` in the simulator thread and return its result.
+
+        ``rescan=False``: ``fn`` changes no guest's timers (raw bytes to the
+        host), so the loop need not look at every guest afterwards.
+        """
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._commands.put((fn, future))
+        self._commands.put((fn, future, rescan))
         self._wake()
         return future.result(timeout)
 
@@ -214,7 +218,7 @@ class VmSimulator:
             vm.to_host += data
             self._send_to_host(vm)
 
-        self.call(apply)
+        self.call(apply, rescan=False)
 
     def send_message(self, vm_uuid: str, msg: Message) -> None:
         self.inject(vm_uuid, msg.encode())
@@ -289,13 +293,14 @@ class VmSimulator:
                     next_scan = min(next_scan, self._tick_guest(vm, now))
 
     def _run_commands(self) -> bool:
-        ran = False
+        """Run queued commands; True if one of them may have changed guest timers."""
+        rescan_needed = False
         while True:
             try:
-                fn, future = self._commands.get_nowait()
+                fn, future, rescan = self._commands.get_nowait()
             except queue.Empty:
-                return ran
-            ran = True
+                return rescan_needed
+            rescan_needed = rescan_needed or rescan
             try:
                 future.set_result(fn())
             except Exception as exc:
