@@ -165,6 +165,7 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
                                 GUEST_TO_HOST,
                                 data={"i": i, "p": padding},
                             ),
+                            wait=False,
                         )
                     send_s = time.monotonic() - start
                     expected = total * (args.members - 1)

@@ -210,18 +210,32 @@ class VmSimulator:
         """QEMU dies: the socket closes and disappears."""
         self.call(lambda: self._teardown(self._vms[vm_uuid], unlink=True))
 
-    def inject(self, vm_uuid: str, data: bytes) -> None:
-        """Send raw bytes from the guest side to the host (once)."""
+    def inject(self, vm_uuid: str, data: bytes, wait: bool = True) -> None:
+        """Send raw bytes from the guest side to the host (once).
+
+        ``wait=False`` returns at once (load generators: no round trip to the
+        simulator thread per message); errors then land in ``loop_errors``.
+        """
 
         def apply() -> None:
             vm = self._vms[vm_uuid]
             vm.to_host += data
             self._send_to_host(vm)
 
-        self.call(apply, rescan=False)
+        if wait:
+            self.call(apply, rescan=False)
+            return
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.add_done_callback(
+            lambda f: (
+                f.exception() and self.loop_errors.append(f"inject {vm_uuid}: {f.exception()!r}")
+            )
+        )
+        self._commands.put((apply, future, False))
+        self._wake()
 
-    def send_message(self, vm_uuid: str, msg: Message) -> None:
-        self.inject(vm_uuid, msg.encode())
+    def send_message(self, vm_uuid: str, msg: Message, wait: bool = True) -> None:
+        self.inject(vm_uuid, msg.encode(), wait=wait)
 
     def stats(self, vm_uuid: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
         def collect() -> Dict[str, Dict[str, Any]]:
