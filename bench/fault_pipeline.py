@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import os
 import shutil
 import sqlite3
@@ -130,6 +131,8 @@ def main() -> None:
                     if proxy is not None:
                         wait_until(lambda: len(proxy.arrivals) >= args.warmup, 120, interval=0.2)
                     time.sleep(2.0)
+                gc.collect()  # the measuring process must not add collector pauses
+                gc.freeze()
                 measure_from = time.monotonic()
                 faults = lambda: [  # noqa: E731
                     e for e in all_faults() if e["monotonic"] >= measure_from

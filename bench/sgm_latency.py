@@ -27,6 +27,7 @@ after the last cast.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -146,6 +147,9 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
                         60,
                     )
                     time.sleep(1.0)
+                    # The measuring process must not add collector pauses of its own.
+                    gc.collect()
+                    gc.freeze()
                     total = int(args.rate * args.duration)
                     sent_at: Dict[int, int] = {}
                     padding = "x" * max(0, args.payload - 40)
@@ -285,6 +289,8 @@ def main() -> None:
                     with r.lock:
                         r.arrivals.clear()
                         r.casts = 0
+                gc.collect()  # the measuring process must not add collector pauses
+                gc.freeze()
                 total = int(args.rate * args.duration)
                 sent_at: Dict[int, int] = {}
                 _bench.progress(

@@ -77,6 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"guest-ha-compute: {exc}", file=sys.stderr)
             return 2
         monitor.start()
+    from ..runtime import freeze_startup_heap
+
+    freeze_startup_heap()
     try:
         engine.run()
     finally:

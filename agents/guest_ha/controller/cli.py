@@ -17,6 +17,7 @@ DEFAULT_CONFIG = "/etc/guest-ha/controller.conf"
 def cmd_run(config_files: List[str], log_level: str) -> int:
     from ..messaging import options as messaging_options
     from ..messaging.rpc import get_transport, serve_controller, stop_server
+    from ..runtime import freeze_startup_heap
     from . import options
     from .service import ControllerService, build_reporters
 
@@ -64,6 +65,7 @@ def cmd_run(config_files: List[str], log_level: str) -> int:
     logging.getLogger("guest_ha.controller").info(
         "controller %s serving; reporters: %s", conf.guest_ha.host, ", ".join(reporters)
     )
+    freeze_startup_heap()
     stop.wait()
     stop_server(server)
     service.stop()
