@@ -5,11 +5,22 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import sys
 from typing import Any, Dict, List, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "agents"))
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    # SIGTERM (a timeout, Ctrl-C from a parent) unwinds the benchmark's "with"
+    # blocks, so the RabbitMQ node, controller and agents it started are
+    # stopped instead of left running.
+    raise SystemExit(f"benchmark stopped by signal {signum}")
+
+
+signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

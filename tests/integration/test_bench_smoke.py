@@ -15,16 +15,27 @@ pytestmark = pytest.mark.integration
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_bench(*args: str) -> dict:
-    out = subprocess.run(
+def run_bench(*args: str, timeout: float = 180) -> dict:
+    proc = subprocess.Popen(
         [sys.executable, *args],
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
-        check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # SIGTERM first: the benchmark then stops what it started (RabbitMQ, agents).
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    assert proc.returncode == 0, err[-4000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_heartbeat_scale_reports_its_fields() -> None:
