@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import configparser
-import datetime
 import json
 import os
 import re
@@ -27,13 +26,16 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
+
+from ..sim.harness import JsonLinesTail
+from ..sim.testguest import qemu_pid
+from ..testing.controller import NotificationCollector
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
@@ -197,86 +199,27 @@ def controller_status(dep: Deployment) -> Dict[str, Any]:
         return {}
 
 
-class EventLog:
-    """Follows the compute agent's JSON-lines event log from where it is now."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        try:
-            self.offset = os.path.getsize(path)
-        except OSError:
-            self.offset = 0
-        self.events: List[Dict[str, Any]] = []
-
-    def poll(self) -> List[Dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read()
-        except OSError:
-            return []
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        new = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
-        self.events += new
-        return new
-
-    def find(self, kind: str, uuid: str) -> Optional[Dict[str, Any]]:
-        self.poll()
-        for ev in self.events:
-            if ev.get("kind") == kind and ev.get("instance_uuid") == uuid:
-                return ev
-        return None
+def find_event(log: JsonLinesTail, kind: str, uuid: str) -> Optional[Dict[str, Any]]:
+    """The first ``kind`` event of ``uuid`` in the compute agent's event log since ``log`` began."""
+    log.read_new()
+    return next(
+        (e for e in log.records if e.get("kind") == kind and e.get("instance_uuid") == uuid), None
+    )
 
 
-class BusWatcher:
-    """Listens to guest-ha notifications on the bus, as a VNF manager or Aodh would."""
-
-    def __init__(self, url: str) -> None:
-        import oslo_messaging
-
-        from ..messaging.options import configure
-        from ..messaging.rpc import get_notification_transport
-
-        configure()
-        self.got: List[Tuple[float, str, Dict[str, Any]]] = []
-        self._lock = threading.Lock()
-        self.transport = get_notification_transport(url)
-        self.listener = oslo_messaging.get_notification_listener(
-            self.transport,
-            [oslo_messaging.Target(topic="notifications")],
-            [self],
-            pool="guest-ha-aio-demo",
-        )
-        self.listener.start()
-
-    def info(
-        self, ctxt: Any, publisher_id: str, event_type: str, payload: Any, metadata: Any
-    ) -> None:
-        if event_type.startswith("guest_ha."):
-            with self._lock:
-                self.got.append((time.time(), event_type, payload))
-
-    warn = error = info
-
-    def find(
-        self, event_type: str, uuid: str, since: float
-    ) -> Optional[Tuple[float, str, Dict[str, Any]]]:
-        """The first notification received at or after ``since`` (wall clock)."""
-        with self._lock:
-            for item in self.got:
-                if (
-                    item[0] >= since
-                    and item[1] == event_type
-                    and item[2].get("instance_uuid") == uuid
-                ):
-                    return item
-        return None
-
-    def stop(self) -> None:
-        self.listener.stop()
-        self.listener.wait()
-        self.transport.cleanup()
+def find_notification(
+    bus: NotificationCollector, event_type: str, uuid: str, since: float
+) -> Optional[Dict[str, Any]]:
+    """The first ``event_type`` notification of ``uuid`` received at or after ``since``
+    (``time.monotonic()``)."""
+    for got in list(bus.got):
+        if (
+            got["received_at"] >= since
+            and got["event_type"] == event_type
+            and got["payload"].get("instance_uuid") == uuid
+        ):
+            return got
+    return None
 
 
 def read_console(guest: Guest) -> str:
@@ -336,19 +279,6 @@ def wait_for(
         time.sleep(0.2 if table is None else 1.0)
 
 
-def iso_to_epoch(text: str) -> float:
-    return (
-        datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
-        .replace(tzinfo=datetime.timezone.utc)
-        .timestamp()
-    )
-
-
-def qemu_pid(name: str) -> int:
-    with open(f"/run/libvirt/qemu/{name}.pid", encoding="ascii") as fh:
-        return int(fh.read().strip())
-
-
 # --- the demo --------------------------------------------------------------------------------
 @dataclass
 class Outcome:
@@ -362,7 +292,8 @@ class Outcome:
 def show_demo(dep: Deployment, boot_timeout: float, outcome: Outcome) -> None:
     total = 6
     uuids = [g.uuid for g in dep.guests]
-    bus = BusWatcher(dep.transport_url)
+    # Listens on the bus as a VNF manager or Aodh would (own pool).
+    bus = NotificationCollector(dep.transport_url, pool="guest-ha-aio-demo")
     table = LiveTable()
     try:
         step(
@@ -399,26 +330,28 @@ def show_demo(dep: Deployment, boot_timeout: float, outcome: Outcome) -> None:
         victim = dep.guests[len(dep.guests) // 2]
         step(4, total, f"Fault: {victim.name} ({victim.uuid}) frozen with SIGSTOP of its QEMU")
         pid = qemu_pid(victim.name)
-        events = EventLog(dep.events_jsonl)  # from here on
-        frozen_at = time.time()
+        events = JsonLinesTail(dep.events_jsonl, from_end=True)  # from here on
+        frozen_at = time.monotonic()  # the agent's events carry the same clock
         os.kill(pid, signal.SIGSTOP)
         try:
             lost = wait_for(
                 "the compute agent to detect heartbeat_lost",
-                lambda: events.find("heartbeat_lost", victim.uuid),
+                lambda: find_event(events, "heartbeat_lost", victim.uuid),
                 30,
             )
-            detected_s = iso_to_epoch(lost["time"]) - frozen_at
+            detected_s = lost["monotonic"] - frozen_at
             say(
                 f"  compute agent: heartbeat_lost after {detected_s * 1000:.0f} ms "
                 f"(interval {dep.interval_ms} ms) {json.dumps(lost.get('detail', {}))}"
             )
             note = wait_for(
                 "the controller's notification on the bus",
-                lambda: bus.find("guest_ha.instance.heartbeat_lost", victim.uuid, frozen_at),
+                lambda: find_notification(
+                    bus, "guest_ha.instance.heartbeat_lost", victim.uuid, frozen_at
+                ),
                 60,
             )
-            reported_s = note[0] - frozen_at
+            reported_s = note["received_at"] - frozen_at
             say(
                 f"  message bus: guest_ha.instance.heartbeat_lost received "
                 f"{reported_s * 1000:.0f} ms after the freeze"
@@ -463,23 +396,23 @@ def show_demo(dep: Deployment, boot_timeout: float, outcome: Outcome) -> None:
             os.kill(pid, signal.SIGCONT)
 
         step(5, total, f"Recovery: {victim.name} thawed with SIGCONT")
-        thawed_at = time.time()
+        thawed_at = time.monotonic()
         rec = wait_for(
             "the compute agent to see the guest recover",
-            lambda: events.find("recovered", victim.uuid),
+            lambda: find_event(events, "recovered", victim.uuid),
             60,
         )
-        say(f"  compute agent: recovered after {iso_to_epoch(rec['time']) - thawed_at:.2f} s")
+        say(f"  compute agent: recovered after {rec['monotonic'] - thawed_at:.2f} s")
         wait_for(
             "the recovery notification on the bus",
-            lambda: bus.find("guest_ha.instance.recovered", victim.uuid, thawed_at),
+            lambda: find_notification(bus, "guest_ha.instance.recovered", victim.uuid, thawed_at),
             60,
         )
         say("  message bus: guest_ha.instance.recovered received")
         wait_for("every guest healthy again", all_registered, 60, dep, table)
         outcome.recovery = {
             "instance_uuid": victim.uuid,
-            "recovered_s": round(iso_to_epoch(rec["time"]) - thawed_at, 3),
+            "recovered_s": round(rec["monotonic"] - thawed_at, 3),
             "notified": True,
         }
     finally:

@@ -27,6 +27,34 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         time.sleep(interval)
 
 
+class JsonLinesTail:
+    """Follows a JSON-lines file that another process appends to (the compute
+    agent's event sink): each call reads the complete lines added since."""
+
+    def __init__(self, path: str, from_end: bool = False) -> None:
+        self.path = path
+        self.offset = 0
+        if from_end:
+            try:
+                self.offset = os.path.getsize(path)
+            except OSError:
+                pass
+        self.records: List[Dict[str, Any]] = []
+
+    def read_new(self) -> List[Dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        new = [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+        self.records += new
+        return new
+
+
 class EngineProcess:
     """``guest-ha-compute run`` as a child process with a private config and event log."""
 
@@ -65,8 +93,7 @@ class EngineProcess:
             yaml.safe_dump(config, fh)
         self.proc: Optional[subprocess.Popen] = None
         self._log = None
-        self._offset = 0
-        self._events: List[Dict[str, Any]] = []
+        self._event_log = JsonLinesTail(self.events_path)
 
     @property
     def pid(self) -> int:
@@ -129,18 +156,8 @@ class EngineProcess:
 
     def events(self) -> List[Dict[str, Any]]:
         """All events so far (read incrementally from the JSON-lines sink)."""
-        try:
-            with open(self.events_path, "rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return self._events
-        end = chunk.rfind(b"\n") + 1
-        for line in chunk[:end].splitlines():
-            if line.strip():
-                self._events.append(json.loads(line))
-        self._offset += end
-        return self._events
+        self._event_log.read_new()
+        return self._event_log.records
 
     def wait_event(
         self,
