@@ -71,3 +71,39 @@ def emit(result: Dict[str, Any]) -> None:
 
 def round_ms(values: List[float]) -> List[float]:
     return [round(v, 2) for v in values]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds process ``pid`` has used so far (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU use of named processes over an interval, in percent of one core."""
+
+    def __init__(self, pids: Dict[str, int]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid}
+        self._start: Dict[str, float] = {}
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        import time
+
+        self._t0 = time.monotonic()
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> Dict[str, float]:
+        import time
+
+        elapsed = max(1e-6, time.monotonic() - self._t0)
+        out = {
+            name: round(100 * (cpu_seconds(pid) - self._start[name]) / elapsed, 1)
+            for name, pid in self.pids.items()
+        }
+        out["total"] = round(sum(out.values()), 1)
+        return out

@@ -154,6 +154,15 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
                     sent_at: Dict[int, int] = {}
                     padding = "x" * max(0, args.payload - 40)
                     _bench.progress(f"{total} broadcasts at {args.rate}/s through the agents")
+                    meter = _bench.CpuMeter(
+                        {
+                            "simulated_guests": os.getpid(),
+                            "rabbitmq": rabbit.pid or 0,
+                            "controller": controller.proc.pid if controller.proc else 0,
+                            **{f"agent_{h[-1]}": e.pid for h, e in zip(HOSTS, engines)},
+                        }
+                    )
+                    meter.start()
                     start = time.monotonic()
                     for i in range(total):
                         delay = start + i / args.rate - time.monotonic()
@@ -172,6 +181,7 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
                             wait=False,
                         )
                     send_s = time.monotonic() - start
+                    cpu_pct = meter.stop()
                     expected = total * (args.members - 1)
                     try:
                         wait_until(lambda: len(arrivals) >= expected, 5.0)
@@ -203,6 +213,7 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
         "lost": expected - delivered,
         "msgs_per_s": round(total / send_s, 1),
         "heartbeat_faults": faults,
+        "cpu_pct_of_one_core": cpu_pct,
         "machine": _bench.machine(),
     }
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import errno
 import itertools
 import os
-import queue
 import random
 import selectors
 import socket
@@ -90,7 +90,9 @@ class VmSimulator:
         os.makedirs(workdir, exist_ok=True)
         self._selector = selectors.DefaultSelector()
         self._vms: Dict[str, _SimVm] = {}
-        self._commands: "queue.Queue[tuple]" = queue.Queue()
+        # (fn, future or None, rescan); deque appends and pops are thread-safe.
+        self._commands: "collections.deque[tuple]" = collections.deque()
+        self._wake_pending = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -101,6 +103,7 @@ class VmSimulator:
         self._timers: List[tuple] = []
         self._counter = itertools.count()
         self.loop_errors: List[str] = []
+        self.loop_iterations = 0
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> "VmSimulator":
@@ -136,7 +139,7 @@ class VmSimulator:
         host), so the loop need not look at every guest afterwards.
         """
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._commands.put((fn, future, rescan))
+        self._commands.append((fn, future, rescan))
         self._wake()
         return future.result(timeout)
 
@@ -225,13 +228,7 @@ class VmSimulator:
         if wait:
             self.call(apply, rescan=False)
             return
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        future.add_done_callback(
-            lambda f: (
-                f.exception() and self.loop_errors.append(f"inject {vm_uuid}: {f.exception()!r}")
-            )
-        )
-        self._commands.put((apply, future, False))
+        self._commands.append((apply, None, False))
         self._wake()
 
     def send_message(self, vm_uuid: str, msg: Message, wait: bool = True) -> None:
@@ -271,6 +268,10 @@ class VmSimulator:
 
     # -- loop thread ----------------------------------------------------------------
     def _wake(self) -> None:
+        # One byte per sleep of the loop is enough: skip the write while one is unread.
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         try:
             os.write(self._wake_w, b"x")
         except OSError:
@@ -286,9 +287,13 @@ class VmSimulator:
         hostile = False
         while self._running:
             ready = self._selector.select(0.005 if hostile else 0.05)
+            self.loop_iterations += 1
             touched = set()
             for key, mask in ready:
                 kind, vm_uuid = key.data
+                if kind == "wake":
+                    self._drain_wake()
+                    continue
                 touched.add(vm_uuid)
                 try:
                     self._on_ready(kind, vm_uuid, mask)
@@ -306,19 +311,34 @@ class VmSimulator:
                 if vm is not None:
                     next_scan = min(next_scan, self._tick_guest(vm, now))
 
+    def _drain_wake(self) -> None:
+        # Left unread, the pipe stays readable and select() never sleeps again.
+        self._wake_pending = False
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except OSError:
+            pass
+
     def _run_commands(self) -> bool:
         """Run queued commands; True if one of them may have changed guest timers."""
         rescan_needed = False
         while True:
             try:
-                fn, future, rescan = self._commands.get_nowait()
-            except queue.Empty:
+                fn, future, rescan = self._commands.popleft()
+            except IndexError:
                 return rescan_needed
             rescan_needed = rescan_needed or rescan
             try:
-                future.set_result(fn())
+                result = fn()
             except Exception as exc:
-                future.set_exception(exc)
+                if future is None:
+                    self.loop_errors.append(f"command: {exc!r}")
+                else:
+                    future.set_exception(exc)
+                continue
+            if future is not None:
+                future.set_result(result)
 
     def _add_vm(
         self, vm_uuid: str, name: str, guest: str, interval_ms: int, action: Optional[str]
