@@ -104,6 +104,7 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
                         "membership": "file",
                         "groups_file": groups_file,
                         "listen_notifications": "false",
+                        "cast_interval_ms": str(args.cast_interval_ms),
                     }
                 },
             ) as controller:
@@ -213,6 +214,7 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
         "lost": expected - delivered,
         "msgs_per_s": round(total / send_s, 1),
         "heartbeat_faults": faults,
+        "cast_interval_ms": args.cast_interval_ms,
         "cpu_pct_of_one_core": cpu_pct,
         "machine": _bench.machine(),
     }
@@ -225,6 +227,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="broadcasts per second")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
     parser.add_argument("--payload", type=int, default=200, help="bytes of broadcast data")
+    parser.add_argument(
+        "--cast-interval-ms",
+        type=int,
+        default=3,
+        help="the controller's [server_groups] cast_interval_ms (per-host cast pacing)",
+    )
     parser.add_argument(
         "--path",
         choices=["agents", "controller"],
@@ -262,6 +270,7 @@ def main() -> None:
                         "enabled": "true",
                         "membership": "file",
                         "groups_file": groups_file,
+                        "cast_interval_ms": str(args.cast_interval_ms),
                     }
                 },
             ).start()

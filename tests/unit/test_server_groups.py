@@ -448,3 +448,68 @@ def test_started_router_sends_from_a_thread_merging_per_host_in_order() -> None:
     # One cast per host for the first, one per host for the five that piled up.
     assert by_host == {"h1": [[0], [1, 2, 3, 4, 5]], "h2": [[0], [1, 2, 3, 4, 5]]}
     assert r.snapshot()["casts"] == 4 and r.snapshot()["deliveries"] == 12
+
+
+def _timed_router(interval_s: float, statuses: Dict[str, Any], groups: Dict[str, list]):
+    import threading
+    import time
+
+    casts: List[Tuple[str, list, float]] = []
+    lock = threading.Lock()
+
+    def cast(host: str, items: list) -> None:
+        with lock:
+            casts.append((host, [i["fields"]["data"] for i in items], time.monotonic()))
+
+    r = ServerGroupRouter(StaticSource(groups, statuses), cast, cast_interval_s=interval_s)
+    r.start()
+    return r, casts
+
+
+def _wait_for(pred, timeout: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_paced_casts_to_one_host_start_an_interval_apart_and_merge() -> None:
+    r, casts = _timed_router(0.3, STATUSES, {"g1": [A, B, C]})
+    try:
+        r.relay("h1", A, "broadcast", {"data": 0})
+        _wait_for(lambda: len(casts) == 2)  # an idle host gets its delivery at once
+        for i in (1, 2, 3):
+            r.relay("h1", A, "broadcast", {"data": i})
+        _wait_for(lambda: len(casts) == 4)
+    finally:
+        r.stop()
+    first = {host: t for host, data, t in casts if data == [0]}
+    second = {host: (data, t) for host, data, t in casts if data != [0]}
+    assert {h: d for h, (d, _) in second.items()} == {"h1": [1, 2, 3], "h2": [1, 2, 3]}
+    for host, (_, t) in second.items():
+        # The interval is measured between cast starts; the callback runs just after.
+        assert t - first[host] >= 0.25
+    assert r.snapshot()["casts"] == 4
+
+
+def test_pacing_holds_back_only_the_busy_host_and_stop_flushes() -> None:
+    statuses = {A: st(A, "h1"), B: st(B, "h1"), C: st(C, "h2"), D: st(D, "h2"), E: st(E, "h3")}
+    r, casts = _timed_router(30.0, statuses, {"g1": [A, B, C], "g3": [D, E]})
+    try:
+        r.relay("h1", A, "broadcast", {"data": 0})
+        _wait_for(lambda: len(casts) == 2)
+        r.relay("h1", A, "broadcast", {"data": 1})  # h1 and h2 must wait 30 s
+        r.relay("h2", D, "broadcast", {"data": 2})  # h3 has had nothing: goes now
+        _wait_for(lambda: any(host == "h3" for host, _, _ in casts))
+        assert len(casts) == 3
+    finally:
+        r.stop()  # what waits for its interval is cast at once, not dropped
+    assert sorted((host, data) for host, data, _ in casts) == [
+        ("h1", [0]),
+        ("h1", [1]),
+        ("h2", [0]),
+        ("h2", [1]),
+        ("h3", [2]),
+    ]

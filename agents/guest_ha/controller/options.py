@@ -142,6 +142,19 @@ server_groups_opts = [
         "seconds; notifications keep the cache current in between. A failed "
         "reload is retried every 5 s.",
     ),
+    cfg.IntOpt(
+        "cast_interval_ms",
+        default=3,
+        min=0,
+        max=1000,
+        help="Casts of deliveries to one compute host start at least this many "
+        "ms apart; deliveries arriving meanwhile wait and leave together in the "
+        "next cast. A host that received nothing for that long gets its delivery "
+        "at once, so this adds latency only under load, and caps the messages "
+        "per second each compute agent receives at 1000/cast_interval_ms. "
+        "0 = no pacing (deliveries queued while a cast is under way still leave "
+        "together).",
+    ),
     cfg.BoolOpt(
         "listen_notifications",
         default=True,

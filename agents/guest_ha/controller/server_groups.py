@@ -520,6 +520,7 @@ class ServerGroupRouter:
         cache_ttl_s: float = 300.0,
         retry_s: float = 5.0,
         controller_id: str = "",
+        cast_interval_s: float = 0.0,
     ) -> None:
         self.source = source
         self.mode = getattr(source, "kind", "file")
@@ -566,6 +567,10 @@ class ServerGroupRouter:
         self._outbox_items = 0
         self._outbox_cond = threading.Condition()
         self._sender: Optional[threading.Thread] = None
+        # Casts to one host start at least this far apart; what arrives
+        # meanwhile waits and leaves in the next cast. Idle hosts get theirs at once.
+        self.cast_interval_s = cast_interval_s
+        self._last_cast: Dict[str, float] = {}
 
     # -- lifecycle
     def count(self, key: str, n: int = 1) -> None:
@@ -680,15 +685,21 @@ class ServerGroupRouter:
         leave together: one cast per host per round however many RPCs came in."""
         dropped = 0
         with self._outbox_cond:
+            new_host = False
             for host, items in deliveries.items():
                 room = self.MAX_OUTBOX - self._outbox_items
                 if room < len(items):
                     dropped += len(items) - max(room, 0)
                     items = items[: max(room, 0)]
                 if items:
-                    self._outbox.setdefault(host, []).extend(items)
+                    pending = self._outbox.get(host)
+                    if pending is None:
+                        self._outbox[host] = pending = []
+                        new_host = True
+                    pending.extend(items)
                     self._outbox_items += len(items)
-            self._outbox_cond.notify()
+            if new_host:  # a host already waiting leaves when its interval is up
+                self._outbox_cond.notify()
         if dropped:
             self.count("outbox_dropped", dropped)
             self.rlog(
@@ -701,15 +712,37 @@ class ServerGroupRouter:
     def _send_loop(self) -> None:
         while True:
             with self._outbox_cond:
-                while not self._outbox and not self._stop.is_set():
-                    self._outbox_cond.wait()
-                if not self._outbox and self._stop.is_set():
-                    return
-                batch, self._outbox, self._outbox_items = self._outbox, {}, 0
+                while True:
+                    stopping = self._stop.is_set()
+                    if not self._outbox:
+                        if stopping:
+                            return
+                        self._outbox_cond.wait()
+                        continue
+                    due, wait = self._due_hosts(time.monotonic(), flush=stopping)
+                    if due:
+                        break
+                    self._outbox_cond.wait(wait)
+                batch = {host: self._outbox.pop(host) for host in due}
+                self._outbox_items -= sum(len(items) for items in batch.values())
             self._cast_all(batch)
+
+    def _due_hosts(self, now: float, flush: bool = False) -> "tuple[List[str], float]":
+        """Hosts whose next cast may start now, and else how long until one may."""
+        if flush or self.cast_interval_s <= 0:
+            return list(self._outbox), 0.0
+        due, wait = [], self.cast_interval_s
+        for host in self._outbox:
+            ready_at = self._last_cast.get(host, float("-inf")) + self.cast_interval_s
+            if ready_at <= now:
+                due.append(host)
+            else:
+                wait = min(wait, ready_at - now)
+        return due, wait
 
     def _cast_all(self, deliveries: Deliveries) -> None:
         for host, items in deliveries.items():
+            self._last_cast[host] = time.monotonic()
             try:
                 self._cast(host, items)
                 self.count("casts")
@@ -1153,6 +1186,7 @@ def build_router(conf: Any, transport: Any) -> ServerGroupRouter:
         sync=sync,
         cache_ttl_s=opts.cache_ttl_s,
         controller_id=controller_id,
+        cast_interval_s=opts.cast_interval_ms / 1000.0,
     )
 
 
