@@ -65,6 +65,21 @@ class Recorder:
         return {}
 
 
+def _worst_second(
+    per: Dict[int, List[int]], sent_at: Dict[int, int], start_ns: int, peers: int
+) -> Dict[str, Any]:
+    """The second of the run (from the first send) with the highest broadcast
+    p99: tells one stall apart from a tail spread over the whole run."""
+    by_second: Dict[int, List[float]] = {}
+    for i, v in per.items():
+        if len(v) == peers:
+            by_second.setdefault((sent_at[i] - start_ns) // 10**9, []).append(max(v) / 1e6)
+    if not by_second:
+        return {}
+    second, values = max(by_second.items(), key=lambda kv: _bench.percentile(kv[1], 99))
+    return {"second": second, "p99_ms": round(_bench.percentile(values, 99), 2)}
+
+
 def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
     """Guest -> compute agent -> controller -> compute agent -> guest, with the
     guests simulated in this process (guest_ha.sim) behind real compute agents."""
@@ -165,6 +180,7 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
                     )
                     meter.start()
                     start = time.monotonic()
+                    start_ns = time.monotonic_ns()
                     for i in range(total):
                         delay = start + i / args.rate - time.monotonic()
                         if delay > 0:
@@ -210,6 +226,9 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
         "duration_s": round(send_s, 2),
         "broadcast_ms_p50": round(_bench.percentile(complete, 50), 2),
         "broadcast_ms_p99": round(_bench.percentile(complete, 99), 2),
+        "broadcast_ms_max": round(max(complete), 2) if complete else None,
+        "broadcasts_over_20ms": sum(1 for ms in complete if ms > 20),
+        "worst_second": _worst_second(per, sent_at, start_ns, args.members - 1),
         "delivered": delivered,
         "lost": expected - delivered,
         "msgs_per_s": round(total / send_s, 1),

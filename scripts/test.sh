@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 echo "== ruff"
 .venv/bin/ruff check agents tests bench scripts
+.venv/bin/ruff format --check agents tests bench scripts
 echo "== pytest"
 exec .venv/bin/pytest "${@:-tests}"

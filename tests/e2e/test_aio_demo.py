@@ -21,10 +21,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any, Dict, Iterator, List
 
 import pytest
+
+from process_support import run_logged
 
 pytestmark = pytest.mark.e2e
 
@@ -43,19 +44,7 @@ def _read(path: str) -> str:
 
 
 def _run_aio(args: List[str], timeout: float) -> Dict[str, Any]:
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        [AIO, *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    sys.stderr.write(
-        f"scripts/aio.sh {' '.join(args)}: rc={proc.returncode}, {time.monotonic() - t0:.0f} s\n"
-    )
+    proc = run_logged([AIO, *args], REPO, timeout)
     sys.stderr.write(proc.stdout[-4000:])
     assert proc.returncode == 0, proc.stdout[-8000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]

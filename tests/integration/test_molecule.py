@@ -14,10 +14,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Optional
 
 import pytest
+
+from process_support import run_logged
 
 pytestmark = pytest.mark.integration
 
@@ -41,20 +42,7 @@ def _env(tmp_path) -> dict:
 
 
 def _run(argv, cwd, env, timeout) -> subprocess.CompletedProcess:
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    took = time.monotonic() - t0
-    sys.stderr.write(f"{' '.join(argv)} in {cwd}: rc={proc.returncode}, {took:.0f} s\n")
-    return proc
+    return run_logged(argv, cwd, timeout, env)
 
 
 def _require_root() -> None:

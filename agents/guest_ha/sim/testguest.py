@@ -25,16 +25,28 @@ def _running(name: str) -> bool:
     return subprocess.run(["pgrep", "-x", name], capture_output=True).returncode == 0
 
 
-def _configure_qemu_user() -> None:
+def _configure_qemu_user() -> bool:
+    """Run QEMU as root (test guests use files in private folders). True if changed."""
     try:
         with open(QEMU_CONF, encoding="utf-8") as fh:
             text = fh.read()
     except OSError:
-        return
+        return False
     if re.search(r'^\s*user\s*=\s*"root"', text, re.M):
-        return
+        return False
     with open(QEMU_CONF, "a", encoding="utf-8") as fh:
         fh.write('\n# added by guest-ha tests\nuser = "root"\ngroup = "root"\n')
+    return True
+
+
+def _stop_libvirtd(timeout: float = 30.0) -> None:
+    """Stop the running libvirtd (its QEMU guests keep running; a new one adopts them)."""
+    subprocess.run(["pkill", "-TERM", "-x", "libvirtd"], check=False)
+    deadline = time.monotonic() + timeout
+    while _running("libvirtd"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"libvirtd did not stop within {timeout} s")
+        time.sleep(0.2)
 
 
 def ensure_libvirtd(timeout: float = 60.0) -> str:
@@ -47,7 +59,10 @@ def ensure_libvirtd(timeout: float = 60.0) -> str:
         raise RuntimeError("libvirtd is not installed (scripts/bootstrap.sh installs it)")
     if os.geteuid() != 0:
         raise RuntimeError("starting the system libvirtd needs root")
-    _configure_qemu_user()
+    if _configure_qemu_user() and _running("libvirtd"):
+        # libvirtd reads qemu.conf only at start: one already running (the
+        # compute role's, say) would keep starting QEMU as libvirt-qemu.
+        _stop_libvirtd()
     if not _running("virtlogd"):
         subprocess.run(["virtlogd", "-d"], check=True)
     if not _running("libvirtd"):
