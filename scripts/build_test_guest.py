@@ -572,6 +572,15 @@ def static_busybox() -> str:
     raise SystemExit("static busybox not found: apt-get install busybox-static")
 
 
+def make_shell_root(root: str) -> None:
+    """A root with nothing but a static busybox ``sh`` and ``/tmp``: enough for
+    Ansible's chroot connection to reach it (and to find Python missing)."""
+    os.makedirs(os.path.join(root, "bin"))
+    os.makedirs(os.path.join(root, "tmp"))
+    shutil.copy2(static_busybox(), os.path.join(root, "bin", "busybox"))
+    os.symlink("busybox", os.path.join(root, "bin", "sh"))
+
+
 # -- 4. kernel -------------------------------------------------------------------------
 def kernel_package() -> str:
     """The versioned image package the cloud kernel meta package depends on."""

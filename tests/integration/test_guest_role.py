@@ -222,10 +222,7 @@ def test_missing_python_fails_with_a_clear_message(tmp_path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root (chroot)")
     root = tmp_path / "nopython"
-    (root / "bin").mkdir(parents=True)
-    (root / "tmp").mkdir()
-    shutil.copy2(builder.static_busybox(), root / "bin" / "busybox")
-    os.symlink("busybox", root / "bin" / "sh")
+    builder.make_shell_root(str(root))
     with pytest.raises(subprocess.CalledProcessError) as failed:
         builder.bake(str(root), {"guest_ha_guest_build_dir": str(tmp_path / "pyz")}, capture=True)
     assert "needs Python 3.8 or later" in failed.value.output

@@ -212,6 +212,10 @@ def _sg_cli(daemon, *args):
     return [sys.executable, "-m", "guest_ha.guest.sg_client", "--socket", daemon.socket, *args]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_shell_command(host, daemon):
     out = subprocess.run(
         _sg_cli(daemon, "broadcast", "hello peers"), capture_output=True, text=True, timeout=10
@@ -231,8 +235,13 @@ def test_shell_command(host, daemon):
     assert lines[0].split() == ["UUID", "NAME", "HOST", "STATE", "POWER_STATE", "TASK_STATE"]
     assert lines[1].split() == [UUID_PEER, "vnf-b", "compute-1", "stopped", "running", "-"]
 
+    # SIGINT at its default: a shell without job control starts background
+    # commands (a CI runner's, say) with SIGINT ignored, and the child inherits it.
     listener = subprocess.Popen(
-        _sg_cli(daemon, "listen", "--json"), stdout=subprocess.PIPE, text=True
+        _sg_cli(daemon, "listen", "--json"),
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
     )
     try:
         end = time.monotonic() + 5

@@ -62,12 +62,8 @@ def test_bake_mode_refuses_daemon_and_root(tmp_path, extra, message) -> None:
     sys.path.insert(0, os.path.join(REPO, "scripts"))
     import build_test_guest
 
-    # The chroot connection needs a shell in the root, nothing more.
     root = tmp_path / "root"
-    (root / "bin").mkdir(parents=True)
-    (root / "tmp").mkdir()
-    shutil.copy2(build_test_guest.static_busybox(), root / "bin" / "busybox")
-    os.symlink("busybox", root / "bin" / "sh")
+    build_test_guest.make_shell_root(str(root))
     with pytest.raises(subprocess.CalledProcessError) as failed:
         build_test_guest.bake(
             str(root), {"guest_ha_guest_build_dir": str(tmp_path / "pyz"), **extra}, capture=True
