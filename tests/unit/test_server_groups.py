@@ -513,3 +513,32 @@ def test_pacing_holds_back_only_the_busy_host_and_stop_flushes() -> None:
         ("h2", [1]),
         ("h3", [2]),
     ]
+
+
+def test_a_backlog_leaves_in_casts_of_bounded_size_in_order() -> None:
+    import threading
+
+    entered, gate = threading.Event(), threading.Event()
+    casts: List[Tuple[str, list]] = []
+
+    def cast(host: str, items: list) -> None:
+        entered.set()
+        assert gate.wait(5)
+        casts.append((host, [i["fields"]["data"] for i in items]))
+
+    r = ServerGroupRouter(StaticSource({"g1": [A, B, C]}, STATUSES), cast)
+    limit = r.MAX_CAST_ITEMS
+    r.start()
+    try:
+        r.relay("h1", A, "broadcast", {"data": 0})
+        assert entered.wait(5)
+        for i in range(1, 2 * limit + 11):  # piles up behind the blocked cast
+            r.relay("h1", A, "broadcast", {"data": i})
+        gate.set()
+        _wait_for(lambda: sum(len(d) for _, d in casts) == 2 * (2 * limit + 11))
+    finally:
+        r.stop()
+    for host in ("h1", "h2"):
+        sizes = [len(d) for h, d in casts if h == host]
+        assert sizes == [1, limit, limit, 10]
+        assert [x for h, d in casts if h == host for x in d] == list(range(2 * limit + 11))

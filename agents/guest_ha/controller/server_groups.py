@@ -668,6 +668,9 @@ class ServerGroupRouter:
     #: Most deliveries waiting for the sender; beyond it new ones are dropped
     #: (best effort, counted and logged): a stuck broker cannot exhaust memory.
     MAX_OUTBOX = 100_000
+    # One sg_deliver carries at most this many PDUs (each at most ~3.3 KB):
+    # a backlog leaves as several casts of bounded size, not one huge message.
+    MAX_CAST_ITEMS = 256
 
     def _send(self, deliveries: Deliveries) -> None:
         pending = getattr(self._batch, "pending", None)
@@ -723,9 +726,18 @@ class ServerGroupRouter:
                     if due:
                         break
                     self._outbox_cond.wait(wait)
-                batch = {host: self._outbox.pop(host) for host in due}
+                batch = {host: self._take(host) for host in due}
                 self._outbox_items -= sum(len(items) for items in batch.values())
             self._cast_all(batch)
+
+    def _take(self, host: str) -> List[Dict[str, Any]]:
+        """The next cast's deliveries for ``host`` (at most MAX_CAST_ITEMS); the
+        rest stays queued, in order, for the following cast."""
+        items = self._outbox[host]
+        if len(items) <= self.MAX_CAST_ITEMS:
+            return self._outbox.pop(host)
+        self._outbox[host] = items[self.MAX_CAST_ITEMS :]
+        return items[: self.MAX_CAST_ITEMS]
 
     def _due_hosts(self, now: float, flush: bool = False) -> "tuple[List[str], float]":
         """Hosts whose next cast may start now, and else how long until one may."""
