@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import errno
+import heapq
 import itertools
 import os
 import random
@@ -72,6 +73,8 @@ class _SimVm:
         self.slave_fd: Optional[int] = None
         self.host_connects = 0
         self.dropped = 0
+        self.scheduled_at: Optional[float] = None
+        """The guest's deadline as queued in the simulator's timer heap (None: not queued)."""
 
 
 class VmSimulator:
@@ -100,6 +103,8 @@ class VmSimulator:
         self._thread: Optional[threading.Thread] = None
         self._running = False
         self._rng = random.Random(seed)
+        # (deadline, n, vm uuid): when each guest's protocol machine must be ticked.
+        # Stale entries (the guest's deadline moved since) are skipped when popped.
         self._timers: List[tuple] = []
         self._counter = itertools.count()
         self.loop_errors: List[str] = []
@@ -278,15 +283,20 @@ class VmSimulator:
             pass
 
     def _loop(self) -> None:
-        # Scanning every guest on every wake-up costs O(VMs) per message: with
-        # thousands of messages per second the simulator would eat the CPU the
-        # agents under test need. A guest's deadlines change only with time (the
-        # earliest is kept in next_scan), with bytes from its own socket (only
-        # that guest is ticked) or with a command (everything is scanned).
-        next_scan = 0.0
+        # Ticking every guest on every wake-up costs O(VMs) per message, and with
+        # a thousand guests one of them is always due: the simulator would eat
+        # the CPU the agents under test need. A guest's deadline changes only with
+        # time (the timer heap), with bytes from its own socket (only that guest
+        # is ticked) or with a command (everything is ticked).
         hostile = False
         while self._running:
-            ready = self._selector.select(0.005 if hostile else 0.05)
+            if hostile:
+                timeout = 0.005
+            elif self._timers:
+                timeout = min(0.05, max(0.0, self._timers[0][0] - time.monotonic()))
+            else:
+                timeout = 0.05
+            ready = self._selector.select(timeout)
             self.loop_iterations += 1
             touched = set()
             for key, mask in ready:
@@ -300,8 +310,8 @@ class VmSimulator:
                 except Exception as exc:  # keep the simulator alive; tests check loop_errors
                     self.loop_errors.append(f"{kind} {vm_uuid}: {exc!r}")
             now = time.monotonic()
-            if self._run_commands() or hostile or now >= next_scan:
-                next_scan = self._tick_guests(now)
+            if self._run_commands() or hostile:
+                self._tick_guests(now)
                 hostile = any(
                     vm.guest is not None and vm.guest.hostile for vm in self._vms.values()
                 )
@@ -309,7 +319,23 @@ class VmSimulator:
             for vm_uuid in touched:
                 vm = self._vms.get(vm_uuid)
                 if vm is not None:
-                    next_scan = min(next_scan, self._tick_guest(vm, now))
+                    self._schedule(vm, self._tick_guest(vm, now))
+            while self._timers and self._timers[0][0] <= now:
+                deadline, _, vm_uuid = heapq.heappop(self._timers)
+                vm = self._vms.get(vm_uuid)
+                if vm is None or vm.scheduled_at != deadline:
+                    continue  # removed, or its deadline moved: a newer entry exists
+                vm.scheduled_at = None
+                self._schedule(vm, self._tick_guest(vm, now))
+
+    def _schedule(self, vm: _SimVm, deadline: float) -> None:
+        if deadline == float("inf"):
+            vm.scheduled_at = None
+            return
+        if vm.scheduled_at == deadline:
+            return
+        vm.scheduled_at = deadline
+        heapq.heappush(self._timers, (deadline, next(self._counter), vm.info.uuid))
 
     def _drain_wake(self) -> None:
         # Left unread, the pipe stays readable and select() never sleeps again.
@@ -556,12 +582,10 @@ class VmSimulator:
         elif key.events != events:
             self._selector.modify(vm.conn, events, ("conn", vm.info.uuid))
 
-    def _tick_guests(self, now: float) -> float:
-        """Tick every guest that is due; return the earliest next deadline."""
-        earliest = now + 0.05
+    def _tick_guests(self, now: float) -> None:
+        """Tick every guest that is due and queue each one's next deadline."""
         for vm in list(self._vms.values()):
-            earliest = min(earliest, self._tick_guest(vm, now))
-        return earliest
+            self._schedule(vm, self._tick_guest(vm, now))
 
     def _tick_guest(self, vm: _SimVm, now: float) -> float:
         """Tick one guest if it is due; return its next deadline (or far away)."""
