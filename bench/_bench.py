@@ -7,10 +7,13 @@ import os
 import platform
 import signal
 import sys
+import time
 from typing import Any, Dict, List, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "agents"))
+
+from guest_ha.sim.harness import process_cpu_seconds  # noqa: E402
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
@@ -73,16 +76,6 @@ def round_ms(values: List[float]) -> List[float]:
     return [round(v, 2) for v in values]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds process ``pid`` has used so far (0 if gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class CpuMeter:
     """CPU use of named processes over an interval, in percent of one core."""
 
@@ -92,17 +85,13 @@ class CpuMeter:
         self._t0 = 0.0
 
     def start(self) -> None:
-        import time
-
         self._t0 = time.monotonic()
-        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._start = {name: process_cpu_seconds(pid) for name, pid in self.pids.items()}
 
     def stop(self) -> Dict[str, float]:
-        import time
-
         elapsed = max(1e-6, time.monotonic() - self._t0)
         out = {
-            name: round(100 * (cpu_seconds(pid) - self._start[name]) / elapsed, 1)
+            name: round(100 * (process_cpu_seconds(pid) - self._start[name]) / elapsed, 1)
             for name, pid in self.pids.items()
         }
         out["total"] = round(sum(out.values()), 1)

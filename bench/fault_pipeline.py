@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import os
 import shutil
 import sqlite3
@@ -29,6 +28,7 @@ from collections import Counter
 
 import _bench
 from _arrival_proxy import ArrivalProxy
+from guest_ha.runtime import freeze_startup_heap
 from guest_ha.sim import VmSimulator
 from guest_ha.sim.harness import EngineProcess, wait_until
 from guest_ha.testing.controller import ControllerProcess, NotificationCollector
@@ -131,8 +131,7 @@ def main() -> None:
                     if proxy is not None:
                         wait_until(lambda: len(proxy.arrivals) >= args.warmup, 120, interval=0.2)
                     time.sleep(2.0)
-                gc.collect()  # the measuring process must not add collector pauses
-                gc.freeze()
+                freeze_startup_heap()  # the measuring process must not add collector pauses
                 measure_from = time.monotonic()
                 faults = lambda: [  # noqa: E731
                     e for e in all_faults() if e["monotonic"] >= measure_from

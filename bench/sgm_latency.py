@@ -27,7 +27,6 @@ after the last cast.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import shutil
@@ -40,6 +39,7 @@ from typing import Any, Dict, List
 import _bench
 from guest_ha.messaging import options
 from guest_ha.messaging.rpc import ControllerClient, get_transport, serve_compute, stop_server
+from guest_ha.runtime import freeze_startup_heap
 from guest_ha.sim.harness import wait_until
 from guest_ha.testing.controller import ControllerProcess
 from guest_ha.testing.rabbitmq import RabbitMQNode
@@ -164,8 +164,7 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
                     )
                     time.sleep(1.0)
                     # The measuring process must not add collector pauses of its own.
-                    gc.collect()
-                    gc.freeze()
+                    freeze_startup_heap()
                     total = int(args.rate * args.duration)
                     sent_at: Dict[int, int] = {}
                     padding = "x" * max(0, args.payload - 40)
@@ -328,8 +327,7 @@ def main() -> None:
                     with r.lock:
                         r.arrivals.clear()
                         r.casts = 0
-                gc.collect()  # the measuring process must not add collector pauses
-                gc.freeze()
+                freeze_startup_heap()  # the measuring process must not add collector pauses
                 total = int(args.rate * args.duration)
                 sent_at: Dict[int, int] = {}
                 _bench.progress(

@@ -98,3 +98,10 @@ def test_sgm_latency_reports_its_fields() -> None:
     )  # fmt: skip
     assert result["delivered"] == 40 * 2 and result["lost"] == 0
     assert result["broadcast_ms_p50"] > 0
+    assert result["broadcasts_over_20ms"] <= 40
+    assert result["broadcast_ms_max"] >= result["broadcast_ms_p99"] >= result["broadcast_ms_p50"]
+    cpu = result["cpu_pct_of_one_core"]
+    parts = {"simulated_guests", "rabbitmq", "controller", "agent_a", "agent_b"}
+    assert set(cpu) == parts | {"total"}
+    assert all(cpu[name] >= 0 for name in parts) and cpu["controller"] > 0
+    assert cpu["total"] == pytest.approx(sum(cpu[name] for name in parts), abs=0.5)

@@ -417,9 +417,10 @@ def test_heartbeat_events_outside_groups_or_lifecycle_notify_nobody() -> None:
     assert r.snapshot()["heartbeat_events"] == 0
 
 
-def test_started_router_sends_from_a_thread_merging_per_host_in_order() -> None:
+def _gated_router():
+    """A started router whose casts block until ``gate`` is set (``entered`` says
+    one is under way); ``casts`` records (host, [data, ...]) once let through."""
     import threading
-    import time
 
     entered, gate = threading.Event(), threading.Event()
     casts: List[Tuple[str, list]] = []
@@ -431,15 +432,18 @@ def test_started_router_sends_from_a_thread_merging_per_host_in_order() -> None:
 
     r = ServerGroupRouter(StaticSource({"g1": [A, B, C]}, STATUSES), cast)
     r.start()
+    return r, casts, entered, gate
+
+
+def test_started_router_sends_from_a_thread_merging_per_host_in_order() -> None:
+    r, casts, entered, gate = _gated_router()
     try:
         r.relay("h1", A, "broadcast", {"data": 0})  # returns at once; the sender casts it
         assert entered.wait(5)
         for i in range(1, 6):  # queued while the sender is busy
             r.relay("h1", A, "broadcast", {"data": i})
         gate.set()
-        deadline = time.monotonic() + 5
-        while len(casts) < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_for(lambda: len(casts) >= 4)
     finally:
         r.stop()
     by_host: Dict[str, list] = {}
@@ -516,19 +520,8 @@ def test_pacing_holds_back_only_the_busy_host_and_stop_flushes() -> None:
 
 
 def test_a_backlog_leaves_in_casts_of_bounded_size_in_order() -> None:
-    import threading
-
-    entered, gate = threading.Event(), threading.Event()
-    casts: List[Tuple[str, list]] = []
-
-    def cast(host: str, items: list) -> None:
-        entered.set()
-        assert gate.wait(5)
-        casts.append((host, [i["fields"]["data"] for i in items]))
-
-    r = ServerGroupRouter(StaticSource({"g1": [A, B, C]}, STATUSES), cast)
+    r, casts, entered, gate = _gated_router()
     limit = r.MAX_CAST_ITEMS
-    r.start()
     try:
         r.relay("h1", A, "broadcast", {"data": 0})
         assert entered.wait(5)

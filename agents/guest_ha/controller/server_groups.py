@@ -684,8 +684,9 @@ class ServerGroupRouter:
         self._cast_all(deliveries)
 
     def _enqueue(self, deliveries: Deliveries) -> None:
-        """Hand deliveries to the sender thread. While it casts, more pile up and
-        leave together: one cast per host per round however many RPCs came in."""
+        """Hand deliveries to the sender thread. While it casts (or a host's
+        ``cast_interval_s`` runs), more pile up and leave together in that host's
+        next cast, up to ``MAX_CAST_ITEMS`` each."""
         dropped = 0
         with self._outbox_cond:
             new_host = False

@@ -27,6 +27,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         time.sleep(interval)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds process ``pid`` has used so far (from /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class JsonLinesTail:
     """Follows a JSON-lines file that another process appends to (the compute
     agent's event sink): each call reads the complete lines added since."""
@@ -143,9 +150,7 @@ class EngineProcess:
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time the engine process has used so far."""
-        with open(f"/proc/{self.pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.pid)
 
     def log_text(self) -> str:
         try:
