@@ -11,9 +11,11 @@ import time
 from typing import Any, Dict, List, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "agents"))
+# The product (agents/) and the dev-only tree (dev/: simulator, test cloud),
+# also when a benchmark runs from a Python without the project's venv.
+sys.path[:0] = [os.path.join(REPO, "agents"), os.path.join(REPO, "dev")]
 
-from guest_ha.sim.harness import process_cpu_seconds  # noqa: E402
+from guest_ha_dev.sim.harness import process_cpu_seconds  # noqa: E402
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:

@@ -29,10 +29,10 @@ from collections import Counter
 import _bench
 from _arrival_proxy import ArrivalProxy
 from guest_ha.runtime import freeze_startup_heap
-from guest_ha.sim import VmSimulator
-from guest_ha.sim.harness import EngineProcess, wait_until
-from guest_ha.testing.controller import ControllerProcess, NotificationCollector
-from guest_ha.testing.rabbitmq import RabbitMQNode
+from guest_ha_dev.sim import VmSimulator
+from guest_ha_dev.sim.harness import EngineProcess, wait_until
+from guest_ha_dev.testing.controller import ControllerProcess, NotificationCollector
+from guest_ha_dev.testing.rabbitmq import RabbitMQNode
 
 
 def wall(ts: str) -> float:
@@ -65,7 +65,7 @@ def main() -> None:
             reporters = ["notification"]
             extra: dict = {}
             if args.nova:
-                from guest_ha.testing.openstack import OpenStackCloud
+                from guest_ha_dev.testing.openstack import OpenStackCloud
 
                 _bench.progress("starting Keystone and nova-api")
                 cloud = OpenStackCloud().start()

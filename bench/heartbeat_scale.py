@@ -14,8 +14,8 @@ import tempfile
 import time
 
 import _bench
-from guest_ha.sim import VmSimulator
-from guest_ha.sim.harness import EngineProcess, wait_until
+from guest_ha_dev.sim import VmSimulator
+from guest_ha_dev.sim.harness import EngineProcess, wait_until
 
 
 def main() -> None:

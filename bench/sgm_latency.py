@@ -2,7 +2,7 @@
 
 What runs:
 
-- a real RabbitMQ node (``guest_ha.testing.rabbitmq``);
+- a real RabbitMQ node (``guest_ha_dev.testing.rabbitmq``);
 - a real ``guest-ha-controller`` process with ``[server_groups]`` enabled,
   membership ``file``: G groups of M members in a YAML groups file;
 - two "compute hosts" in this process: real oslo.messaging RPC servers on
@@ -40,9 +40,9 @@ import _bench
 from guest_ha.messaging import options
 from guest_ha.messaging.rpc import ControllerClient, get_transport, serve_compute, stop_server
 from guest_ha.runtime import freeze_startup_heap
-from guest_ha.sim.harness import wait_until
-from guest_ha.testing.controller import ControllerProcess
-from guest_ha.testing.rabbitmq import RabbitMQNode
+from guest_ha_dev.sim.harness import wait_until
+from guest_ha_dev.testing.controller import ControllerProcess
+from guest_ha_dev.testing.rabbitmq import RabbitMQNode
 
 HOSTS = ("bench-compute-a", "bench-compute-b")
 
@@ -82,10 +82,10 @@ def _worst_second(
 
 def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
     """Guest -> compute agent -> controller -> compute agent -> guest, with the
-    guests simulated in this process (guest_ha.sim) behind real compute agents."""
+    guests simulated in this process (guest_ha_dev.sim) behind real compute agents."""
     from guest_ha.protocol import GUEST_TO_HOST, SERVER_GROUP, make
-    from guest_ha.sim import VmSimulator
-    from guest_ha.sim.harness import EngineProcess
+    from guest_ha_dev.sim import VmSimulator
+    from guest_ha_dev.sim.harness import EngineProcess
 
     workdir = tempfile.mkdtemp(prefix="gha-bench-sgm-")
     arrivals: List[tuple] = []

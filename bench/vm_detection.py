@@ -19,8 +19,8 @@ import tempfile
 import time
 
 import _bench
-from guest_ha.sim.harness import EngineProcess
-from guest_ha.sim.testguest import Domains, GuestImage, domain_xml, ensure_libvirtd, qemu_pid
+from guest_ha_dev.sim.harness import EngineProcess
+from guest_ha_dev.sim.testguest import Domains, GuestImage, domain_xml, ensure_libvirtd, qemu_pid
 
 
 def main() -> None:

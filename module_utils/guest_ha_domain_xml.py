@@ -358,17 +358,15 @@ def _bool(value: Optional[str], default: bool = False) -> bool:
 def domain_uuid(domain_xml: str) -> Optional[str]:
     """The domain ``<uuid>`` (lower case), or None when absent."""
     node = parse_domain(domain_xml).find("uuid")
-    if node is None or not (node.text or "").strip():
-        return None
-    return node.text.strip().lower()
+    text = (node.text or "").strip() if node is not None else ""
+    return text.lower() or None
 
 
 def domain_name(domain_xml: str) -> Optional[str]:
     """The domain ``<name>``, or None when absent."""
     node = parse_domain(domain_xml).find("name")
-    if node is None or not (node.text or "").strip():
-        return None
-    return node.text.strip()
+    text = (node.text or "").strip() if node is not None else ""
+    return text or None
 
 
 # --------------------------------------------------------------------------

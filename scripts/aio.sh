@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-exec .venv/bin/python -m guest_ha.aio.demo "$@"
+exec .venv/bin/python -m guest_ha_dev.aio.demo "$@"

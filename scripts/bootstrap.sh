@@ -57,4 +57,8 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     .venv/bin/pip install -q --cache-dir "$CACHE/pip" -e '.[test]'
     echo "$WANT" > "$STAMP"
 fi
+# Dev-only code (test cloud, simulator, demo drivers) lives in dev/ and is not
+# part of the installed product: put it on this venv's path only.
+DEV_PTH="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/guest_ha_dev.pth"
+[ "$(cat "$DEV_PTH" 2>/dev/null)" = "$REPO/dev" ] || echo "$REPO/dev" > "$DEV_PTH"
 log "ready: $(.venv/bin/python --version)"

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-exec .venv/bin/python -m guest_ha.sim.demo "$@"
+exec .venv/bin/python -m guest_ha_dev.sim.demo "$@"

@@ -5,7 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 echo "== ruff"
-.venv/bin/ruff check agents tests bench scripts
-.venv/bin/ruff format --check agents tests bench scripts
+.venv/bin/ruff check agents dev tests bench scripts
+.venv/bin/ruff format --check agents dev tests bench scripts
+echo "== import contracts (imports run one way)"
+.venv/bin/lint-imports
+echo "== mypy (strict for protocol/ and guest/)"
+.venv/bin/mypy
 echo "== pytest"
 exec .venv/bin/pytest "${@:-tests}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from guest_ha.sim import testguest
+from guest_ha_dev.sim import testguest
 
 URI = testguest.URI
 

@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from guest_ha.sim.testguest import Domains, GuestImage
+from guest_ha_dev.sim.testguest import Domains, GuestImage
 from libvirt_support import ensure_libvirtd
 
 

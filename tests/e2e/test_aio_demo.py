@@ -66,7 +66,7 @@ def aio_args(libvirt_uri: str) -> Iterator[Dict[str, Any]]:
     # role would start it with the distribution's settings.
     if os.geteuid() != 0:
         pytest.skip("the all-in-one needs root")
-    from guest_ha.testing.rabbitmq import pick_free_ports
+    from guest_ha_dev.testing.rabbitmq import pick_free_ports
 
     root = tempfile.mkdtemp(prefix="gha-aio-", dir="/var/tmp")
     os.chmod(root, 0o755)  # the rabbitmq user and QEMU walk through it

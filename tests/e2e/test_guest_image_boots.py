@@ -24,8 +24,8 @@ from typing import Iterator, Optional
 
 import pytest
 
-from guest_ha.sim import SimVmInfo
-from guest_ha.sim.harness import EngineProcess, wait_until
+from guest_ha_dev.sim import SimVmInfo
+from guest_ha_dev.sim.harness import EngineProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 

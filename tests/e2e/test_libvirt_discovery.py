@@ -10,8 +10,8 @@ import time
 import pytest
 
 from guest_ha.compute.domain_xml import find_channel
-from guest_ha.sim.harness import EngineProcess, wait_until
-from guest_ha.sim.testguest import domain_xml, virsh
+from guest_ha_dev.sim.harness import EngineProcess, wait_until
+from guest_ha_dev.sim.testguest import domain_xml, virsh
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from guest_ha.compute.domain_xml import find_channel
-from guest_ha.sim.harness import EngineProcess, wait_until
-from guest_ha.sim.testguest import domain_xml, qemu_pid, set_control, virsh
+from guest_ha_dev.sim.harness import EngineProcess, wait_until
+from guest_ha_dev.sim.testguest import domain_xml, qemu_pid, set_control, virsh
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,7 @@ from typing import Iterator
 
 import pytest
 
-from guest_ha.sim import VmSimulator
+from guest_ha_dev.sim import VmSimulator
 
 
 @pytest.fixture

@@ -74,7 +74,7 @@ def test_detection_latency_reports_its_fields() -> None:
 
 def test_fault_pipeline_reports_its_fields() -> None:
     pytest.importorskip("oslo_messaging")
-    from guest_ha.testing.rabbitmq import rabbitmq_installed
+    from guest_ha_dev.testing.rabbitmq import rabbitmq_installed
 
     if not rabbitmq_installed():
         pytest.skip("rabbitmq-server is not installed")
@@ -88,7 +88,7 @@ def test_fault_pipeline_reports_its_fields() -> None:
 
 def test_sgm_latency_reports_its_fields() -> None:
     pytest.importorskip("oslo_messaging")
-    from guest_ha.testing.rabbitmq import rabbitmq_installed
+    from guest_ha_dev.testing.rabbitmq import rabbitmq_installed
 
     if not rabbitmq_installed():
         pytest.skip("rabbitmq-server is not installed")

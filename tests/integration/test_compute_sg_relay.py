@@ -22,9 +22,9 @@ from guest_ha.messaging.rpc import (
     stop_server,
 )
 from guest_ha.protocol import GUEST_TO_HOST, SERVER_GROUP, encode_frame, make
-from guest_ha.sim import VmSimulator
-from guest_ha.sim.harness import EngineProcess, wait_until
-from guest_ha.testing.rabbitmq import RabbitMQNode
+from guest_ha_dev.sim import VmSimulator
+from guest_ha_dev.sim.harness import EngineProcess, wait_until
+from guest_ha_dev.testing.rabbitmq import RabbitMQNode
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_local_demo_detects_and_recovers() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "guest_ha.sim.demo", "--vms", "2", "--interval-ms", "200"],
+        [sys.executable, "-m", "guest_ha_dev.sim.demo", "--vms", "2", "--interval-ms", "200"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -13,8 +13,8 @@ import pytest
 from guest_ha.compute.config import parse_config
 from guest_ha.compute.engine import HeartbeatEngine
 from guest_ha.compute.sinks import VmEvent
-from guest_ha.sim import VmSimulator
-from guest_ha.sim.harness import wait_until
+from guest_ha_dev.sim import VmSimulator
+from guest_ha_dev.sim.harness import wait_until
 
 pytestmark = pytest.mark.integration
 

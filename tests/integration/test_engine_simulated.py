@@ -1,5 +1,5 @@
 """The real compute engine process against simulated VMs (QEMU's socket role
-played by guest_ha.sim, guests by the protocol core's guest machine)."""
+played by guest_ha_dev.sim, guests by the protocol core's guest machine)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from guest_ha.sim import VmSimulator
-from guest_ha.sim.harness import EngineProcess, wait_until
+from guest_ha_dev.sim import VmSimulator
+from guest_ha_dev.sim.harness import EngineProcess, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,10 @@ import pytest
 
 pytest.importorskip("oslo_messaging")
 
-from guest_ha.sim import VmSimulator
-from guest_ha.sim.harness import EngineProcess, wait_until
-from guest_ha.testing.controller import ControllerProcess, NotificationCollector
-from guest_ha.testing.rabbitmq import RabbitMQNode
+from guest_ha_dev.sim import VmSimulator
+from guest_ha_dev.sim.harness import EngineProcess, wait_until
+from guest_ha_dev.testing.controller import ControllerProcess, NotificationCollector
+from guest_ha_dev.testing.rabbitmq import RabbitMQNode
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from guest_ha.guest.client import HealthClient
 from guest_ha.protocol import (
     HEARTBEAT,
 )
-from guest_ha.testing.pty_host import PtyHost
+from guest_ha_dev.testing.pty_host import PtyHost
 
 pytestmark = pytest.mark.integration
 

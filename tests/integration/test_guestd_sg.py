@@ -37,7 +37,7 @@ from guest_ha.protocol import (
     make,
 )
 from guest_ha.protocol.messages import nack
-from guest_ha.testing.pty_host import PtyHost
+from guest_ha_dev.testing.pty_host import PtyHost
 
 pytestmark = pytest.mark.integration
 

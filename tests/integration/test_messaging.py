@@ -1,4 +1,4 @@
-"""guest_ha.messaging against a real, private RabbitMQ node (guest_ha.testing.rabbitmq).
+"""guest_ha.messaging against a real, private RabbitMQ node (guest_ha_dev.testing.rabbitmq).
 
 One node serves the module; the broker-outage test stops and restarts it and
 runs last.  Nothing here is a stand-in: real rabbitmq-server 3.10, real
@@ -34,7 +34,7 @@ from guest_ha.messaging import (
     serve_controller,
     stop_server,
 )
-from guest_ha.testing.rabbitmq import (
+from guest_ha_dev.testing.rabbitmq import (
     RabbitMQNode,
     pick_free_ports,
     rabbitmq_installed,

@@ -1,4 +1,4 @@
-"""Against the real Keystone and nova-api started by guest_ha.testing.openstack
+"""Against the real Keystone and nova-api started by guest_ha_dev.testing.openstack
 (servers are seeded with Nova's own objects; Neutron's two read calls are
 answered by a named local stand-in, see that module):
 
@@ -16,14 +16,11 @@ import pytest
 
 pytest.importorskip("keystoneauth1")
 
-from guest_ha.compute.nova import (
-    NovaFlavorOptIn,
-    NovaLookupError,
-    session_from_clouds_yaml,
-)
+from guest_ha.cloud_session import session_from_clouds_yaml
+from guest_ha.compute.nova import NovaFlavorOptIn, NovaLookupError
 from guest_ha.controller.reporters import ReporterError
 from guest_ha.controller.reporters.nova import NovaReporter
-from guest_ha.testing.openstack import openstack_fixture
+from guest_ha_dev.testing.openstack import openstack_fixture
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 import pytest
 
-from guest_ha.testing.openstack import OpenStackCloud, openstack_fixture
+from guest_ha_dev.testing.openstack import OpenStackCloud, openstack_fixture
 
 pytestmark = pytest.mark.integration
 

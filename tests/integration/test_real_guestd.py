@@ -13,8 +13,8 @@ from typing import Iterator, List
 import pytest
 
 from guest_ha.guest.client import HealthClient
-from guest_ha.sim import SimVmInfo, VmSimulator
-from guest_ha.sim.harness import EngineProcess, start_guest_daemon, wait_until
+from guest_ha_dev.sim import SimVmInfo, VmSimulator
+from guest_ha_dev.sim.harness import EngineProcess, start_guest_daemon, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -1,11 +1,11 @@
 """Server group messaging end to end, with every component real except the VMs'
 QEMU: real guest daemon processes (each on a pseudo-terminal standing in for
-its virtio port, relayed by guest_ha.sim), VNF apps using the Python client,
+its virtio port, relayed by guest_ha_dev.sim), VNF apps using the Python client,
 two compute agent processes posing as hosts A and B, one controller process,
 a private RabbitMQ node, and the real Keystone + nova-api holding the servers
 and server groups (seeded with Nova's own objects). Nova cannot boot servers
 here, so its versioned notifications are published by the test in Nova's own
-format (guest_ha.testing.nova_notify). The real-VM case is in tests/e2e."""
+format (guest_ha_dev.testing.nova_notify). The real-VM case is in tests/e2e."""
 
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ from guest_ha.guest.sg_client import (
     ServerGroupClient,
 )
 from guest_ha.protocol import encode_frame
-from guest_ha.sim import VmSimulator
-from guest_ha.sim.harness import EngineProcess, wait_until
-from guest_ha.testing.controller import ControllerProcess
-from guest_ha.testing.nova_notify import NovaPublisher, instance_action_payload
-from guest_ha.testing.openstack import openstack_fixture
-from guest_ha.testing.rabbitmq import RabbitMQNode
+from guest_ha_dev.sim import VmSimulator
+from guest_ha_dev.sim.harness import EngineProcess, wait_until
+from guest_ha_dev.testing.controller import ControllerProcess
+from guest_ha_dev.testing.nova_notify import NovaPublisher, instance_action_payload
+from guest_ha_dev.testing.openstack import openstack_fixture
+from guest_ha_dev.testing.rabbitmq import RabbitMQNode
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """Server group routing by the controller, over a real RabbitMQ node, with
 membership from the real nova-api (Keystone-authenticated) of
-``guest_ha.testing.openstack``; servers and server groups are seeded with
+``guest_ha_dev.testing.openstack``; servers and server groups are seeded with
 Nova's own objects (``nova.objects.Instance``/``InstanceGroup``).
 
 The controller runs in this process (``ControllerService`` + its endpoint on a
@@ -48,14 +48,14 @@ from guest_ha.messaging.rpc import (
     serve_controller,
     stop_server,
 )
-from guest_ha.sim.harness import wait_until
-from guest_ha.testing.nova_notify import (
+from guest_ha_dev.sim.harness import wait_until
+from guest_ha_dev.testing.nova_notify import (
     NovaPublisher,
     instance_action_payload,
     server_group_payload,
 )
-from guest_ha.testing.openstack import openstack_fixture
-from guest_ha.testing.rabbitmq import RabbitMQNode
+from guest_ha_dev.testing.openstack import openstack_fixture
+from guest_ha_dev.testing.rabbitmq import RabbitMQNode
 
 pytestmark = pytest.mark.integration
 

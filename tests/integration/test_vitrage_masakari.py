@@ -1,5 +1,5 @@
 """The ``vitrage`` and ``masakari`` reporters against the real services started
-by ``guest_ha.testing.openstack`` on loopback: Keystone 30 (tokens, catalog
+by ``guest_ha_dev.testing.openstack`` on loopback: Keystone 30 (tokens, catalog
 with ``rca`` and ``instance-ha`` endpoints), nova-api 34 (seeded servers and
 compute services), Vitrage 15.0.1 (vitrage-api, vitrage-graph,
 vitrage-persistor over a private RabbitMQ node, with this project's
@@ -35,16 +35,16 @@ import pytest
 pytest.importorskip("keystoneauth1")
 pytest.importorskip("oslo_messaging")
 
-from guest_ha.compute.nova import session_from_clouds_yaml
+from guest_ha.cloud_session import session_from_clouds_yaml
 from guest_ha.controller.reporters import ReporterError
 from guest_ha.controller.reporters.masakari import MasakariReporter
 from guest_ha.controller.reporters.vitrage import VitrageReporter
-from guest_ha.sim import VmSimulator
-from guest_ha.sim.harness import EngineProcess, wait_until
-from guest_ha.testing.controller import ControllerProcess
-from guest_ha.testing.openstack import OpenStackCloud
-from guest_ha.testing.rabbitmq import RabbitMQNode
 from guest_ha.vitrage_datasource import ALARM_NAME, DATASOURCE
+from guest_ha_dev.sim import VmSimulator
+from guest_ha_dev.sim.harness import EngineProcess, wait_until
+from guest_ha_dev.testing.controller import ControllerProcess
+from guest_ha_dev.testing.openstack import OpenStackCloud
+from guest_ha_dev.testing.rabbitmq import RabbitMQNode
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pytest
 from guest_ha.compute.forwarder import ForwardingSink
 from guest_ha.compute.sinks import VmEvent
 from guest_ha.compute.spool import Spool
-from guest_ha.sim.harness import wait_until
+from guest_ha_dev.sim.harness import wait_until
 
 pytestmark = pytest.mark.unit
 

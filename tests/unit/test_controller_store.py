@@ -8,7 +8,7 @@ import pytest
 from guest_ha.controller.dispatcher import Dispatcher
 from guest_ha.controller.reporters import ReporterError, http_error
 from guest_ha.controller.store import EventStore
-from guest_ha.sim.harness import wait_until
+from guest_ha_dev.sim.harness import wait_until
 
 pytestmark = pytest.mark.unit
 

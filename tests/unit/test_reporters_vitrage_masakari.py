@@ -244,7 +244,7 @@ def test_build_reporters_knows_vitrage_and_masakari(tmp_path, monkeypatch) -> No
         sessions.append(cloud)
         return f"session:{cloud}"
 
-    monkeypatch.setattr("guest_ha.compute.nova.session_from_clouds_yaml", fake_session)
+    monkeypatch.setattr("guest_ha.cloud_session.session_from_clouds_yaml", fake_session)
     group = SimpleNamespace(
         clouds_yaml=str(tmp_path / "c.yaml"),
         cloud="c1",

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from guest_ha.protocol import GUEST_TO_HOST, SERVER_GROUP, make
-from guest_ha.sim import VmSimulator
+from guest_ha_dev.sim import VmSimulator
 
 pytestmark = pytest.mark.unit
 

@@ -9,6 +9,7 @@ delay discovery but never a challenge.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -18,11 +19,12 @@ from typing import Any, Dict, Optional, Tuple
 
 import yaml
 
+from ..cloud_session import session_from_clouds_yaml
 from ..protocol.heartbeat import VM_CRASHED
 from . import domain_xml
 from .config import LibvirtConfig, VmSpec
 from .engine import HeartbeatEngine
-from .nova import NovaFlavorOptIn, NovaLookupError, session_from_clouds_yaml
+from .nova import NovaFlavorOptIn, NovaLookupError
 
 LOG = logging.getLogger("guest_ha.compute.libvirt")
 
@@ -347,7 +349,7 @@ class LibvirtMonitor:
         for uuid in list(self.known):
             if uuid not in seen:
                 del self.known[uuid]
-                self.engine.post(lambda u=uuid: self.engine.remove_vm(u))
+                self.engine.post(functools.partial(self.engine.remove_vm, uuid))
 
     def _reconcile_uuid(self, uuid: str) -> bool:
         try:
@@ -368,9 +370,9 @@ class LibvirtMonitor:
             LOG.debug("[instance %s] opt-in %s from %s", uuid, opt, source)
             return opt
         if self.config.optin_metadata:
-            opt = domain_xml.opt_in(xml)
-            if opt is not None:
-                return opt
+            from_metadata = domain_xml.opt_in(xml)
+            if from_metadata is not None:
+                return from_metadata
         return self.optin_file.lookup(uuid.lower(), name) or domain_xml.OptIn()
 
     def _reconcile(self, dom: Any) -> bool:

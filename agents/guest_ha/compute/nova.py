@@ -4,7 +4,7 @@ Recent Nova releases write the flavor's extra specs into the domain metadata,
 which is read first (no API call). Otherwise the server is looked up in the
 Nova API (microversion 2.47+ embeds the flavor with its extra specs) and the
 answer is cached per flavor, since every server of a flavor answers the same.
-Authentication uses a keystoneauth1 session built from a ``clouds.yaml`` entry.
+Authentication uses a keystoneauth1 session (``guest_ha.cloud_session``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
-import yaml
-
 from . import domain_xml
 
 LOG = logging.getLogger("guest_ha.compute.nova")
@@ -26,25 +24,6 @@ COMPUTE_MICROVERSION = "2.47"
 
 class NovaLookupError(RuntimeError):
     """Nova could not be asked (auth, catalog, network or an unexpected answer)."""
-
-
-def session_from_clouds_yaml(path: str, cloud: str) -> Any:
-    """A keystoneauth1 Session for ``cloud`` in the ``clouds.yaml`` at ``path``."""
-    try:
-        from keystoneauth1 import loading, session
-    except ImportError as exc:
-        raise NovaLookupError("nova mode needs keystoneauth1 (pip install keystoneauth1)") from exc
-    try:
-        with open(path, encoding="utf-8") as fh:
-            clouds = (yaml.safe_load(fh) or {}).get("clouds", {})
-    except (OSError, yaml.YAMLError) as exc:
-        raise NovaLookupError(f"cannot read {path}: {exc}") from None
-    entry = clouds.get(cloud)
-    if not isinstance(entry, dict) or "auth" not in entry:
-        raise NovaLookupError(f"{path}: no cloud {cloud!r} with an 'auth' section")
-    loader = loading.get_plugin_loader(entry.get("auth_type", "password"))
-    auth = loader.load_from_options(**entry["auth"])
-    return session.Session(auth=auth, verify=entry.get("verify", True))
 
 
 @dataclass

@@ -1039,11 +1039,11 @@ class ServerGroupRouter:
                 m.forget(uuid)
                 effective.append(dict(op))
             elif kind in ("status", "report") and uuid:
-                joined = kind == "report" and m.report_group(uuid, op.get("group") or None)
+                regrouped = kind == "report" and m.report_group(uuid, op.get("group") or None)
                 status, state_changed, any_changed = m.update_status(uuid, op.get("status") or {})
-                if joined or any_changed:
+                if regrouped or any_changed:
                     effective.append({**op, "status": status})
-                if state_changed or joined:
+                if state_changed or regrouped:
                     changed(uuid, status)
         if not emit:
             self.count("syncs_applied")
@@ -1169,7 +1169,7 @@ def build_router(conf: Any, transport: Any) -> ServerGroupRouter:
 
     opts = conf.server_groups
     if opts.membership == "nova":
-        from ..compute.nova import session_from_clouds_yaml
+        from ..cloud_session import session_from_clouds_yaml
 
         source: Any = NovaSource(
             session_from_clouds_yaml(opts.clouds_yaml, opts.cloud),

@@ -357,7 +357,7 @@ def build_reporters(conf: Any, transport_url: Optional[str]) -> Dict[str, Report
 
 def _http_reporter(name: str, conf: Any) -> Reporter:
     """An OpenStack reporter, authenticated from its ``[reporter_<name>]`` group."""
-    from ..compute.nova import session_from_clouds_yaml
+    from ..cloud_session import session_from_clouds_yaml
     from .reporters.masakari import MasakariReporter
     from .reporters.nova import NovaReporter
     from .reporters.vitrage import VitrageReporter

@@ -50,7 +50,7 @@ class CheckResult:
 
 
 class _Run:
-    def __init__(self, name: str, proc: subprocess.Popen, started: float, deadline: float):
+    def __init__(self, name: str, proc: "subprocess.Popen[bytes]", started: float, deadline: float):
         self.name = name
         self.proc = proc
         self.started = started
@@ -106,7 +106,7 @@ class CheckRunner:
         self.log = log
         self.results: Dict[str, CheckResult] = {}
         self.running: Dict[str, _Run] = {}
-        self._reaping: List[subprocess.Popen] = []
+        self._reaping: "List[subprocess.Popen[bytes]]" = []
         self._next_round = now
         self._dir_problem: Optional[str] = None
         self._too_many_logged = False

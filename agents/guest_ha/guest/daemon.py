@@ -40,8 +40,8 @@ EXIT_FLUSH_S = 1.0
 def setup_logging(config: GuestdConfig) -> logging.Logger:
     """Log to stderr or syslog (falling back to stderr when /dev/log is missing)."""
     log = logging.getLogger(LOGGER_NAME)
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
+    for old in list(log.handlers):
+        log.removeHandler(old)
     log.propagate = False
     log.setLevel(getattr(logging, config.log_level.upper()))
     fallback_reason = None

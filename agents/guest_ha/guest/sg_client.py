@@ -158,7 +158,8 @@ class ServerGroupClient:
         self._req_lock = threading.Lock()
         self._buf = bytearray()
         self._pushes: Deque[Dict[str, Any]] = deque()
-        self._replies: queue.Queue = queue.Queue()
+        # Replies, and the _EOF sentinel once the reader stops.
+        self._replies: "queue.Queue[Any]" = queue.Queue()
         self._push_ready = threading.Condition()
         self._reader: Optional[threading.Thread] = None
         self._dispatcher: Optional[threading.Thread] = None
@@ -294,6 +295,7 @@ class ServerGroupClient:
         return reply
 
     def _await_reply(self, req_id: int, deadline: float) -> Dict[str, Any]:
+        item: Any
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -314,7 +316,7 @@ class ServerGroupClient:
                     self._queue_push(item)
                     continue
             if item.get("id") in (req_id, None):
-                return item
+                return dict(item)
             # A late reply to an earlier request that timed out here: skip it.
 
     # -- reading -------------------------------------------------------------------------
@@ -369,8 +371,8 @@ class ServerGroupClient:
                 for fn in self._broadcast_cbs:
                     fn(str(push.get("source_instance", "")), push.get("data"))
             elif kind == "notification":
-                for fn in self._notification_cbs:
-                    fn(push.get("data") or {})
+                for notification_fn in self._notification_cbs:
+                    notification_fn(push.get("data") or {})
             elif kind == "nack":
                 for nack_fn in self._nack_cbs:
                     nack_fn(

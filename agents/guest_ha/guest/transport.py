@@ -18,7 +18,7 @@ import errno
 import logging
 import os
 import select
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from ..protocol.channel import GuestChannel
 
@@ -131,7 +131,7 @@ class SerialPort(RawPort):
             raise OSError(err, str(exc).splitlines()[0] if str(exc) else "cannot open") from None
 
     def fileno(self) -> int:
-        return self._ser.fileno()
+        return int(self._ser.fileno())
 
     def read(self) -> Optional[bytes]:
         try:
@@ -160,10 +160,10 @@ class SerialPort(RawPort):
             pass
 
 
-def import_pyserial():  # type: ignore[no-untyped-def]
+def import_pyserial() -> Any:
     """Import pyserial or raise a RuntimeError that says how to get it."""
     try:
-        import serial  # type: ignore[import-not-found]
+        import serial
     except ImportError:
         raise RuntimeError(
             "transport = serial needs pyserial, which is not installed "

@@ -20,9 +20,10 @@ class ProtocolError(Exception):
 
     def __eq__(self, other: object) -> bool:
         return (
-            type(self) is type(other)
-            and self.message == other.message  # type: ignore[attr-defined]
-            and self.msg_type == other.msg_type  # type: ignore[attr-defined]
+            isinstance(other, ProtocolError)
+            and type(self) is type(other)
+            and self.message == other.message
+            and self.msg_type == other.msg_type
         )
 
     def __hash__(self) -> int:

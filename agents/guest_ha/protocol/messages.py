@@ -70,7 +70,7 @@ def _choice(*allowed: str) -> Validator:
     def check(name: str, value: Any) -> str:
         if value not in allowed:
             raise InvalidField(f"{name} must be one of {', '.join(allowed)}")
-        return value
+        return str(value)
 
     return check
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""A private RabbitMQ node for Molecule scenarios (guest_ha.testing.rabbitmq).
+"""A private RabbitMQ node for Molecule scenarios (guest_ha_dev.testing.rabbitmq).
 
     rabbit_node.py start STATE.json   # start a node, write its facts, leave it running
     rabbit_node.py stop STATE.json    # stop the node named in STATE.json, remove its data
 
 The node never touches the machine's own RabbitMQ: its own name, ports and data
-folder (see guest_ha/testing/rabbitmq.py). Run it with a Python that imports guest_ha.
+folder (see dev/guest_ha_dev/testing/rabbitmq.py). Run it with the project venv's Python.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 
-from guest_ha.testing.rabbitmq import RabbitMQNode
+from guest_ha_dev.testing.rabbitmq import RabbitMQNode
 
 
 def start(state: str) -> int:

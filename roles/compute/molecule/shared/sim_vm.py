@@ -3,21 +3,26 @@
 
     sim_vm.py SOCKET_DIR STATUS_SOCKET UUID [--hold SECONDS]
 
-Runs a ``guest_ha.sim`` simulator (the in-process guest speaks the real protocol)
+Runs a ``guest_ha_dev.sim`` simulator (the in-process guest speaks the real protocol)
 with one VM, polls the agent's status socket until that VM is registered and has
 answered challenges, prints the agent's view of it as JSON and exits 0; exits 1
 after 30 s. ``--hold`` keeps the VM up that much longer (so events can travel on).
-Run it with the Python of the deployed venv: it checks the installed package.
+Run it with the Python of the deployed venv: it checks the installed package. The
+simulator is dev-only code, so it comes from this checkout's ``dev/`` folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
-from guest_ha.compute.cli import fetch_status
-from guest_ha.sim.vmsim import VmSimulator
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+sys.path.append(os.path.join(REPO, "dev"))
+
+from guest_ha.compute.cli import fetch_status  # noqa: E402
+from guest_ha_dev.sim.vmsim import VmSimulator  # noqa: E402
 
 
 def main() -> int:

@@ -6,7 +6,7 @@ scenario "running": a pty stands in for the guest's virtio-serial port.
     host_peer.py stop DIR    # stop the peer named in DIR/peer.pid
 
 DIR is an absolute path.
-The peer plays the compute agent with the protocol core (guest_ha.testing.pty_host):
+The peer plays the compute agent with the protocol core (guest_ha_dev.testing.pty_host):
 it answers every ``init`` with an ``init_ack`` for the requested interval (clamped
 to 100..60000 ms), challenges the guest every interval while it is registered,
 and records what it saw in DIR/peer.json (rewritten atomically): one entry per
@@ -28,7 +28,7 @@ import time
 from typing import Any, Dict, Optional
 
 from guest_ha.protocol import HEARTBEAT, HOST_TO_GUEST, make
-from guest_ha.testing.pty_host import PtyHost
+from guest_ha_dev.testing.pty_host import PtyHost
 
 MIN_INTERVAL_MS = 100
 MAX_INTERVAL_MS = 60000

@@ -134,8 +134,8 @@ class NotificationCollector:
     ) -> None:
         import oslo_messaging
 
-        from ..messaging.options import configure
-        from ..messaging.rpc import get_notification_transport
+        from guest_ha.messaging.options import configure
+        from guest_ha.messaging.rpc import get_notification_transport
 
         configure()
         self.got: List[Dict[str, Any]] = []

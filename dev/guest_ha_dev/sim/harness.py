@@ -193,7 +193,7 @@ class EngineProcess:
         ]
 
     def status(self) -> Dict[str, Any]:
-        from ..compute.cli import fetch_status
+        from guest_ha.compute.cli import fetch_status
 
         return fetch_status(self.status_path)
 

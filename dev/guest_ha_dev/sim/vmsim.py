@@ -18,8 +18,8 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from ..protocol import HEARTBEAT, SERVER_GROUP, GuestChannel, GuestHeartbeat, Message
-from ..protocol.messages import HEALTHY, UNHEALTHY
+from guest_ha.protocol import HEARTBEAT, SERVER_GROUP, GuestChannel, GuestHeartbeat, Message
+from guest_ha.protocol.messages import HEALTHY, UNHEALTHY
 
 MAX_PENDING = 256 * 1024
 HOSTILE_KINDS = ("garbage", "malformed", "oversized", "flood", "spoof_broadcast")
@@ -621,7 +621,7 @@ class VmSimulator:
         if kind == "spoof_broadcast":
             other = next((u for u in self._vms if u != vm.info.uuid), vm.info.uuid)
             data = {"msg_type": "broadcast", "source_instance": other, "data": "x"}
-            from ..protocol.envelope import encode_envelope
+            from guest_ha.protocol.envelope import encode_envelope
 
             return encode_envelope(SERVER_GROUP, data) * 100
         raise ValueError(kind)

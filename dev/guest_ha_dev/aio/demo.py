@@ -1,8 +1,8 @@
 """The all-in-one demo: deploy guest-ha with Ansible on this machine, then show it
 working on real QEMU guests.
 
-    python -m guest_ha.aio.demo [--root DIR] [-e VAR=VALUE ...]   # scripts/aio.sh
-    python -m guest_ha.aio.demo --teardown [--root DIR] [-e ...]
+    python -m guest_ha_dev.aio.demo [--root DIR] [-e VAR=VALUE ...]   # scripts/aio.sh
+    python -m guest_ha_dev.aio.demo --teardown [--root DIR] [-e ...]
 
 Steps: (1) ``ansible-playbook -i inventory/aio playbooks/aio.yml`` (RabbitMQ, the
 controller, the compute agent, the baked guest image and the demo guests);
@@ -183,7 +183,7 @@ class Deployment:
 
 # --- watching -----------------------------------------------------------------------------
 def compute_status(dep: Deployment) -> Dict[str, Any]:
-    from ..compute.cli import fetch_status
+    from guest_ha.compute.cli import fetch_status
 
     try:
         return fetch_status(dep.compute_status_socket)
@@ -239,7 +239,7 @@ class LiveTable:
         self.last = ""
 
     def show(self, status: Dict[str, Any], note: str) -> None:
-        from ..compute.cli import format_status
+        from guest_ha.compute.cli import format_status
 
         text = format_status(status) + f"\n{note}"
         if self.tty:

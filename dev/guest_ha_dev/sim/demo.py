@@ -1,9 +1,9 @@
 """Local heartbeat demo: the real compute engine heartbeating simulated VMs and
 one real guest daemon, with a fault injected, detected and recovered.
 
-    python -m guest_ha.sim.demo [--vms 5] [--interval-ms 200]
+    python -m guest_ha_dev.sim.demo [--vms 5] [--interval-ms 200]
 
-No hypervisor is needed: guest_ha.sim plays QEMU's part. The all-in-one demo
+No hypervisor is needed: guest_ha_dev.sim plays QEMU's part. The all-in-one demo
 with real QEMU guests replaces this once it exists.
 """
 
@@ -19,7 +19,8 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
-from ..compute.cli import format_status
+from guest_ha.compute.cli import format_status
+
 from .harness import EngineProcess, start_guest_daemon
 from .vmsim import SimVmInfo, VmSimulator
 

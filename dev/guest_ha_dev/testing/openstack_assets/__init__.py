@@ -1,4 +1,4 @@
-"""Files that ``guest_ha.testing.openstack`` hands to the OpenStack services.
+"""Files that ``guest_ha_dev.testing.openstack`` hands to the OpenStack services.
 
 The modules in this folder run *inside the services' own virtualenvs*, not in
 the project's environment, so they import only the standard library and the

@@ -7,7 +7,7 @@ nova-compute and nova-conductor would: through ``nova.objects``
 (Flavor, Service + ComputeNode + HostMapping, Instance + InstanceMapping,
 InstanceGroup with members).  Nothing is written as raw SQL.
 
-Usage (what ``guest_ha.testing.openstack`` runs)::
+Usage (what ``guest_ha_dev.testing.openstack`` runs)::
 
     <nova-venv>/bin/python nova_seed.py --config-file nova.conf < ops.json
 

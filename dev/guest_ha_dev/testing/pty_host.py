@@ -10,7 +10,7 @@ import time
 import tty
 from typing import Any, Callable, List, Optional
 
-from ..protocol import (
+from guest_ha.protocol import (
     GUEST_TO_HOST,
     HEARTBEAT,
     HOST_TO_GUEST,

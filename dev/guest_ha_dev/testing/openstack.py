@@ -49,7 +49,7 @@ config and syncs its DB, a ``GunicornService`` for its API (same
 
 Example::
 
-    from guest_ha.testing.openstack import OpenStackCloud
+    from guest_ha_dev.testing.openstack import OpenStackCloud
 
     with OpenStackCloud() as cloud:
         cloud.create_flavor("ha", {"guest_ha:heartbeat": "true"})
@@ -87,7 +87,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from guest_ha.testing.openstack_assets import ASSETS_DIR
+from guest_ha_dev.testing.openstack_assets import ASSETS_DIR
 
 from . import free_port
 
@@ -1442,7 +1442,7 @@ class OpenStackCloud:
     def _ensure_rabbit(self) -> None:
         if self.rabbit_url:
             return
-        from guest_ha.testing.rabbitmq import RabbitMQNode
+        from guest_ha_dev.testing.rabbitmq import RabbitMQNode
 
         self.rabbit = RabbitMQNode()
         self.rabbit.start()
@@ -1833,7 +1833,7 @@ def openstack_fixture(scope: str = "session", name: Optional[str] = None, **kwar
 
     In a test module or conftest::
 
-        from guest_ha.testing.openstack import openstack_fixture
+        from guest_ha_dev.testing.openstack import openstack_fixture
         cloud = openstack_fixture(scope="module")            # fixture "cloud"
         hdr_cloud = openstack_fixture(nova_auth="headers")   # keyword args go to the cloud
 

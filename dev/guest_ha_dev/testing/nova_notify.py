@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 
 import oslo_messaging
 
-from ..messaging.rpc import get_notification_transport
+from guest_ha.messaging.rpc import get_notification_transport
 
 
 class NovaPublisher:
@@ -17,7 +17,7 @@ class NovaPublisher:
     topic ``versioned_notifications``, driver ``messagingv2``."""
 
     def __init__(self, url: str) -> None:
-        from ..messaging.options import configure
+        from guest_ha.messaging.options import configure
 
         conf = configure()
         # The exchange is fixed when a transport is created; Nova's is "nova".

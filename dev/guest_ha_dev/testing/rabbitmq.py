@@ -9,7 +9,7 @@ node with ``-n``.
 
 Example::
 
-    from guest_ha.testing.rabbitmq import RabbitMQNode
+    from guest_ha_dev.testing.rabbitmq import RabbitMQNode
 
     with RabbitMQNode() as node:
         transport = get_transport(node.url)   # rabbit://guest:guest@127.0.0.1:PORT/
