@@ -200,17 +200,34 @@ import traceback  # noqa: E402
 import uuid as uuidlib  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
-from ansible.module_utils.guest_ha_domain_xml import (  # noqa: E402
-    CHANNEL_NAME,
-    DomainXmlError,
-    channel_xml,
-    ensure_channel,
-    find_channel,
-    find_channels,
-    has_virtio_serial_controller,
-    normalize_xml,
-    validate_socket_path,
-)
+
+# Installed as the collection guest_ha.guest_ha, the XML logic is the collection's
+# module_utils; run from this repository (ansible.cfg: library, module_utils) it
+# is a plain module_utils file. Ansible ships whichever of the two it finds.
+try:
+    from ansible_collections.guest_ha.guest_ha.plugins.module_utils.guest_ha_domain_xml import (
+        CHANNEL_NAME,
+        DomainXmlError,
+        channel_xml,
+        ensure_channel,
+        find_channel,
+        find_channels,
+        has_virtio_serial_controller,
+        normalize_xml,
+        validate_socket_path,
+    )
+except ImportError:
+    from ansible.module_utils.guest_ha_domain_xml import (
+        CHANNEL_NAME,
+        DomainXmlError,
+        channel_xml,
+        ensure_channel,
+        find_channel,
+        find_channels,
+        has_virtio_serial_controller,
+        normalize_xml,
+        validate_socket_path,
+    )
 
 LIBVIRT_IMPORT_ERROR = None
 try:

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Ansible quality gates:
 #   1. ansible-lint, production profile, on roles/ and playbooks/ (config: .ansible-lint);
-#   2. ansible-test sanity on the custom module and its module_utils, from a temporary
-#      ansible_collections/guest_ha/guest_ha/ tree (ansible-test only works on
-#      collections). Only the COPY has its import rewritten to the collection path.
+#   2. ansible-test sanity on the collection guest_ha.guest_ha as
+#      scripts/build_collection.py generates it (ansible-test only works on collections).
 # Usage: scripts/ansible_quality.sh [lint|sanity]   (default: both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,30 +19,10 @@ if [[ $what == all || $what == lint ]]; then
 fi
 
 if [[ $what == all || $what == sanity ]]; then
-    echo "== ansible-test sanity (library/guest_ha_channel.py, module_utils/guest_ha_domain_xml.py)"
-    coll="$WORK/ansible_collections/guest_ha/guest_ha"
-    mkdir -p "$coll/plugins/modules" "$coll/plugins/module_utils" "$coll/meta"
-    cp library/guest_ha_channel.py "$coll/plugins/modules/"
-    cp module_utils/guest_ha_domain_xml.py "$coll/plugins/module_utils/"
-    sed -i 's/^from ansible\.module_utils\.guest_ha_domain_xml import/from ansible_collections.guest_ha.guest_ha.plugins.module_utils.guest_ha_domain_xml import/' \
-        "$coll/plugins/modules/guest_ha_channel.py"
-    grep -q '^from ansible_collections.guest_ha.guest_ha.plugins.module_utils.guest_ha_domain_xml import' \
-        "$coll/plugins/modules/guest_ha_channel.py" || { echo "import rewrite failed" >&2; exit 1; }
-    cat >"$coll/galaxy.yml" <<'YAML'
-namespace: guest_ha
-name: guest_ha
-version: 0.1.0
-readme: README.md
-authors:
-  - guest-ha contributors
-YAML
-    echo "# guest_ha.guest_ha (temporary tree for ansible-test sanity)" >"$coll/README.md"
-    printf -- '---\nrequires_ansible: ">=2.15.0"\n' >"$coll/meta/runtime.yml"
-    # The one accepted finding: guest-ha is Apache-2.0, not GPLv3 like ansible-core.
-    core_minor=$(python -c 'from ansible.release import __version__ as v; print(".".join(v.split(".")[:2]))')
-    mkdir -p "$coll/tests/sanity"
-    echo "plugins/modules/guest_ha_channel.py validate-modules:missing-gplv3-license" \
-        >"$coll/tests/sanity/ignore-$core_minor.txt"
+    echo "== ansible-test sanity (the built collection guest_ha.guest_ha)"
+    # The collection tree exactly as scripts/build_collection.py generates it for
+    # the tarball: module, module_utils, roles and playbooks, no rewriting.
+    coll=$(python scripts/build_collection.py --tree-only --out "$WORK")
     git -C "$coll" init -q && git -C "$coll" add -A
 
     # ansible-test builds a venv per sanity test and bootstraps pip in it with a

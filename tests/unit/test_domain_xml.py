@@ -1,18 +1,19 @@
-"""Unit tests for module_utils/guest_ha_domain_xml.py (pure XML logic, no libvirt)."""
+"""Unit tests for module_utils/guest_ha_domain_xml.py (pure XML logic, no libvirt).
+
+The compute agent imports the same file as ``guest_ha.compute.domain_xml`` (a
+link to it), which is how these tests import it too: no ``sys.path`` edits."""
 
 from __future__ import annotations
 
 import ast
 import os
-import sys
 import xml.etree.ElementTree as ET
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "module_utils"))
+from guest_ha.compute import domain_xml as dx
 
-import guest_ha_domain_xml as dx  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = pytest.mark.unit
 
