@@ -27,11 +27,11 @@ MAIN = '''"""Run guest-ha-guestd (first argument 'health': guest-ha-health; 'sg'
 import sys
 
 if len(sys.argv) > 1 and sys.argv[1] == "health":
-    from guest_ha.guest.client import main
+    from guest_ha.guest.cli import health_main as main
 
     del sys.argv[1]
 elif len(sys.argv) > 1 and sys.argv[1] == "sg":
-    from guest_ha.guest.sg_client import main
+    from guest_ha.guest.cli import sg_main as main
 
     del sys.argv[1]
 else:

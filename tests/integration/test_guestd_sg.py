@@ -209,7 +209,7 @@ def test_slow_subscriber_does_not_stall_heartbeat(host, daemon):
 
 
 def _sg_cli(daemon, *args):
-    return [sys.executable, "-m", "guest_ha.guest.sg_client", "--socket", daemon.socket, *args]
+    return [sys.executable, "-m", "guest_ha.guest.cli", "sg", "--socket", daemon.socket, *args]
 
 
 def _default_sigint() -> None:

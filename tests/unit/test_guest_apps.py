@@ -14,7 +14,8 @@ import time
 import pytest
 
 from guest_ha.guest.apps import MAX_LINE_BYTES, AppRegistry, AppServer
-from guest_ha.guest.client import DaemonUnavailable, HealthApiError, HealthClient, main
+from guest_ha.guest.cli import health_main as main
+from guest_ha.guest.client import DaemonUnavailable, HealthApiError, HealthClient
 
 pytestmark = pytest.mark.unit
 

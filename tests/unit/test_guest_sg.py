@@ -19,6 +19,8 @@ import time
 import pytest
 
 from guest_ha.guest.apps import AppRegistry, AppServer
+from guest_ha.guest.cli import format_members, format_push
+from guest_ha.guest.cli import sg_main as main
 from guest_ha.guest.client import HealthClient
 from guest_ha.guest.sg import ServerGroupRelay, nack_code
 from guest_ha.guest.sg_client import (
@@ -31,9 +33,6 @@ from guest_ha.guest.sg_client import (
     ServerGroupClient,
     ServerGroupError,
     StatusTimeout,
-    format_members,
-    format_push,
-    main,
 )
 from guest_ha.protocol import (
     GUEST_TO_HOST,

@@ -23,26 +23,20 @@ Standard library only; runs on Python 3.8+.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import logging
 import queue
-import select
-import socket
-import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
+from typing import Any, Callable, Deque, Dict, List, Optional
 
+from ..protocol.messages import MAX_BROADCAST_BYTES
 from . import DEFAULT_APP_SOCKET
-from .client import DaemonUnavailable as _HealthDaemonUnavailable
-from .client import HealthApiError
+from .app_socket import AppApiError, AppConnection, encode_request
+from .app_socket import DaemonUnavailable as _ConnectionLost
 
-MAX_BROADCAST_BYTES = 3050
-"""Largest broadcast ``data``, as compact UTF-8 JSON (docs/protocol.md section 5.4)."""
-MAX_LINE_BYTES = 8 * 1024 * 1024
 MAX_PENDING_PUSHES = 10000
 STATUS_REPLY_MARGIN_S = 2.0
 
@@ -50,7 +44,7 @@ LOG = logging.getLogger("guest_ha.sg_client")
 
 
 # -- errors ------------------------------------------------------------------------------
-class ServerGroupError(HealthApiError):
+class ServerGroupError(AppApiError):
     """A server group request failed. ``code`` is the daemon's error code, if any."""
 
     def __init__(self, message: str, code: str = "", reply: Optional[Dict[str, Any]] = None):
@@ -59,7 +53,7 @@ class ServerGroupError(HealthApiError):
         self.reply: Dict[str, Any] = reply or {}
 
 
-class DaemonUnavailable(ServerGroupError, _HealthDaemonUnavailable):
+class DaemonUnavailable(ServerGroupError, _ConnectionLost):
     """The daemon's socket cannot be reached, or the connection broke."""
 
 
@@ -156,7 +150,6 @@ class ServerGroupClient:
         """Pushes lost: dropped by the daemon (app too slow) or by this client's queue."""
         self._ids = itertools.count(1)
         self._req_lock = threading.Lock()
-        self._buf = bytearray()
         self._pushes: Deque[Dict[str, Any]] = deque()
         # Replies, and the _EOF sentinel once the reader stops.
         self._replies: "queue.Queue[Any]" = queue.Queue()
@@ -165,17 +158,10 @@ class ServerGroupClient:
         self._dispatcher: Optional[threading.Thread] = None
         self._closed = False
         self._lost: Optional[str] = None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
         try:
-            sock.connect(path)
-        except OSError as exc:
-            sock.close()
-            raise DaemonUnavailable(
-                f"cannot connect to {path}: {exc.strerror or exc} (is guest-ha-guestd running?)"
-            ) from None
-        sock.settimeout(None)
-        self._sock = sock
+            self._conn = AppConnection(path, timeout)
+        except _ConnectionLost as exc:
+            raise DaemonUnavailable(str(exc)) from None
 
     # -- life cycle ----------------------------------------------------------------------
     def __enter__(self) -> ServerGroupClient:
@@ -189,11 +175,7 @@ class ServerGroupClient:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
+        self._conn.close()
         with self._push_ready:
             self._push_ready.notify_all()
         current = threading.current_thread()
@@ -203,7 +185,7 @@ class ServerGroupClient:
 
     def fileno(self) -> int:
         """The socket, for ``select`` in single-threaded apps (then call :meth:`poll`)."""
-        return self._sock.fileno()
+        return self._conn.fileno()
 
     # -- callbacks -----------------------------------------------------------------------
     def on_broadcast(self, fn: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
@@ -280,15 +262,15 @@ class ServerGroupClient:
         req: Dict[str, Any] = {"op": op, "id": req_id}
         req.update(fields)
         try:
-            line = json.dumps(req, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            line = encode_request(req)
         except (TypeError, ValueError) as exc:
             raise ServerGroupError(f"request cannot be sent as JSON: {exc}", "invalid") from None
         wait = self.timeout if _wait is None else _wait
         with self._req_lock:
             try:
-                self._sock.sendall(line.encode("utf-8") + b"\n")
-            except OSError as exc:
-                raise DaemonUnavailable(f"connection to {self.path} failed: {exc}") from None
+                self._conn.send(line)
+            except _ConnectionLost as exc:
+                raise DaemonUnavailable(str(exc)) from None
             reply = self._await_reply(req_id, time.monotonic() + wait)
         if not reply.get("ok"):
             raise error_from_reply(reply)
@@ -321,40 +303,14 @@ class ServerGroupClient:
 
     # -- reading -------------------------------------------------------------------------
     def _read_one(self, timeout: Optional[float]) -> Optional[Dict[str, Any]]:
-        """Read until one line is complete (or ``timeout``); return it parsed, or None."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl >= 0:
-                line = bytes(self._buf[:nl])
-                del self._buf[: nl + 1]
-                try:
-                    obj = json.loads(line.decode("utf-8"))
-                except ValueError:
-                    LOG.warning("ignoring a line from the daemon that is not JSON")
-                    continue
-                if isinstance(obj, dict):
-                    return obj
-                continue
-            if self._closed:
-                raise DaemonUnavailable("client is closed")
-            if deadline is not None:
-                left = max(0.0, deadline - time.monotonic())
-                ready, _, _ = select.select([self._sock], [], [], left)
-                if not ready:
-                    return None
-            try:
-                chunk = self._sock.recv(65536)
-            except OSError as exc:
-                self._lost = f"connection to {self.path} failed: {exc}"
-                raise DaemonUnavailable(self._lost) from None
-            if not chunk:
-                self._lost = "the daemon closed the connection"
-                raise DaemonUnavailable(self._lost)
-            self._buf += chunk
-            if len(self._buf) > MAX_LINE_BYTES:
-                self._lost = "line from the daemon too long"
-                raise DaemonUnavailable(self._lost)
+        """The next object from the daemon, or None when ``timeout`` passes first."""
+        if self._closed:
+            raise DaemonUnavailable("client is closed")
+        try:
+            return self._conn.read_message(timeout)
+        except _ConnectionLost as exc:
+            self._lost = self._lost or self._conn.lost or str(exc)
+            raise DaemonUnavailable(str(exc)) from None
 
     def _queue_push(self, push: Dict[str, Any]) -> None:
         with self._push_ready:
@@ -475,141 +431,3 @@ class ServerGroupClient:
 
     def _reader_alive(self) -> bool:
         return self._reader is not None and self._reader.is_alive()
-
-
-# -- CLI ---------------------------------------------------------------------------------
-PROG = "guest-ha-sg"
-STATUS_COLUMNS = (
-    ("UUID", "uuid"),
-    ("NAME", "display_name"),
-    ("HOST", "host"),
-    ("STATE", "state"),
-    ("POWER_STATE", "power_state"),
-    ("TASK_STATE", "task_state"),
-)
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Server group messaging through the guest-ha guest daemon."
-    )
-    parser.add_argument(
-        "--socket", default=DEFAULT_APP_SOCKET, help=f"app socket (default {DEFAULT_APP_SOCKET})"
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    bc = sub.add_parser("broadcast", help="send a message to every other member of the group")
-    what = bc.add_mutually_exclusive_group(required=True)
-    what.add_argument("text", nargs="?", help="text to send (as a JSON string)")
-    what.add_argument("--json", dest="json_value", metavar="JSON", help="JSON value to send")
-    st = sub.add_parser("status", help="show the state of every member of the group")
-    st.add_argument("--json", action="store_true", help="print the members as a JSON array")
-    st.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)"
-    )
-    ls = sub.add_parser(
-        "listen", help="print broadcasts and notifications as they arrive, until interrupted"
-    )
-    ls.add_argument("--json", action="store_true", help="one JSON object per line")
-    return parser
-
-
-def _cell(value: Any) -> str:
-    return "-" if value is None or value == "" else str(value)
-
-
-def format_members(members: List[Dict[str, Any]]) -> str:
-    """The members as a table (``guest-ha-sg status``)."""
-    rows = [[h for h, _ in STATUS_COLUMNS]]
-    ordered = sorted(members, key=lambda m: (str(m.get("display_name")), str(m.get("uuid"))))
-    rows += [[_cell(m.get(key)) for _, key in STATUS_COLUMNS] for m in ordered]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(STATUS_COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def format_push(push: Dict[str, Any]) -> str:
-    """One line of ``guest-ha-sg listen`` output."""
-    kind = push.get("push")
-    if kind == "broadcast":
-        return f"broadcast from {push.get('source_instance')}: {_compact(push.get('data'))}"
-    if kind == "notification":
-        d = push.get("data") or {}
-        return (
-            f"notification: {_cell(d.get('uuid'))} {_cell(d.get('display_name'))} "
-            f"host={_cell(d.get('host'))} state={_cell(d.get('state'))} "
-            f"power_state={_cell(d.get('power_state'))} task_state={_cell(d.get('task_state'))}"
-        )
-    if kind == "nack":
-        return f"nack of {push.get('orig_msg_type') or 'a frame'}: {push.get('log_msg')}"
-    if kind == "dropped":
-        return f"dropped: {push.get('count')} message(s) lost (read too slowly)"
-    return f"{kind}: {_compact(push)}"
-
-
-def _listen(client: ServerGroupClient, as_json: bool) -> None:
-    def show(push: Dict[str, Any]) -> None:
-        print(_compact(push) if as_json else format_push(push), flush=True)
-
-    client.on_broadcast(
-        lambda src, data: show({"push": "broadcast", "source_instance": src, "data": data})
-    )
-    client.on_notification(lambda data: show({"push": "notification", "data": data}))
-    client.on_nack(
-        lambda orig, code, log_msg: show(
-            {"push": "nack", "orig_msg_type": orig, "code": code, "log_msg": log_msg}
-        )
-    )
-    client.on_dropped(lambda count: show({"push": "dropped", "count": count}))
-    client.subscribe()
-    client.run_forever()
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``guest-ha-sg``: 0 on success, 1 on an error, 2 on bad usage."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    data: Any = None
-    if args.command == "broadcast":
-        if args.json_value is not None:
-            try:
-                data = json.loads(args.json_value, parse_constant=_no_constant)
-            except ValueError as exc:
-                parser.error(f"--json: not valid JSON: {exc}")
-        else:
-            data = args.text
-    try:
-        with ServerGroupClient(args.socket) as client:
-            if args.command == "broadcast":
-                client.broadcast(data)
-            elif args.command == "status":
-                members = client.request_status(timeout=args.timeout)
-                if args.json:
-                    print(json.dumps(members, indent=2, sort_keys=True, ensure_ascii=False))
-                else:
-                    print(format_members(members))
-            elif args.command == "listen":
-                _listen(client, args.json)
-    except KeyboardInterrupt:
-        return 0
-    except BrokenPipeError:  # e.g. `guest-ha-sg listen | head -1`
-        try:
-            sys.stdout.close()
-        except OSError:
-            pass
-        return 0
-    except ServerGroupError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
