@@ -94,8 +94,8 @@ def build_tree(out: str) -> str:
         "# guest_ha.guest_ha\n\n"
         "The Ansible content of guest-ha, built from its repository by\n"
         "`scripts/build_collection.py`: module `guest_ha.guest_ha.guest_ha_channel`,\n"
-        "roles `guest_ha.guest_ha.{guest,compute,controller,rabbitmq,aio}` (sharing `agent`) and the\n"
-        "playbooks. The roles install the agents from a guest-ha source checkout\n"
+        "roles `guest_ha.guest_ha.{guest,compute,controller,rabbitmq,aio}` (which share\n"
+        "`agent`) and the playbooks. The roles install the agents from a guest-ha source checkout\n"
         "(`guest_ha_<role>_source_dir`) or from a package index (`pip`).\n"
         "Documentation: the repository's `docs/`.\n",
     )
