@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job. Until the all-in-one deployment lands, this is the local
-# heartbeat demo: the real compute engine, simulated VMs and a real guest daemon.
+# A light local heartbeat demo, in seconds and without Ansible or QEMU: the real
+# compute engine, simulated VMs and a real guest daemon. The main job, the
+# all-in-one demo with real guests, is scripts/aio.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh

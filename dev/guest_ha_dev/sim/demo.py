@@ -3,8 +3,9 @@ one real guest daemon, with a fault injected, detected and recovered.
 
     python -m guest_ha_dev.sim.demo [--vms 5] [--interval-ms 200]
 
-No hypervisor is needed: guest_ha_dev.sim plays QEMU's part. The all-in-one demo
-with real QEMU guests replaces this once it exists.
+No hypervisor is needed: guest_ha_dev.sim plays QEMU's part. It is the light,
+seconds-long companion of the all-in-one demo (``scripts/aio.sh``), which deploys
+with Ansible and runs real QEMU guests.
 """
 
 from __future__ import annotations
