@@ -112,7 +112,9 @@ def parse_output(data: bytes) -> List[Dict[str, Any]]:
         assert isinstance(frame, bytes)
         obj = json.loads(frame)
         assert obj["source_addr"] == obj["dest_addr"] and obj["version"] == 1
-        out.append({"app": obj["dest_addr"], "msg_type": obj["data"]["msg_type"], "data": obj["data"]})
+        out.append(
+            {"app": obj["dest_addr"], "msg_type": obj["data"]["msg_type"], "data": obj["data"]}
+        )
     return out
 
 

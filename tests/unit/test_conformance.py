@@ -6,6 +6,7 @@ tests/integration/test_c_conformance.py; both implementations must pass all."""
 from __future__ import annotations
 
 import pytest
+
 from conformance_runner import KINDS, SPLITS, load, run_all
 
 pytestmark = [pytest.mark.unit, pytest.mark.c_guest]
