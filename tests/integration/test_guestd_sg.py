@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+from c_guest_support import c_guestd
 
 from guest_ha.guest.client import HealthClient
 from guest_ha.guest.sg_client import (
@@ -103,9 +104,11 @@ def host():
     h.close()
 
 
-@pytest.fixture
-def daemon(tmp_path, host):
-    d = Daemon(tmp_path, host.path, "--sg-status-timeout-ms", "2000")
+@pytest.fixture(params=["python", pytest.param("c", marks=pytest.mark.c_guest)])
+def daemon(request, tmp_path, host):
+    """The Python daemon, and the C one (agents/guest-c): same flags, same app API."""
+    cmd = [c_guestd()] if request.param == "c" else None
+    d = Daemon(tmp_path, host.path, "--sg-status-timeout-ms", "2000", cmd=cmd)
     host.register()
     yield d
     d.stop()
