@@ -184,3 +184,44 @@ def test_c_daemon_engine_restart_reregisters_without_fault(sim, short_tmp, daemo
     assert daemons[0].proc.poll() is None, daemons[0].log()
     # The pty stand-in shows no hang-up: the new engine's challenge re-registers the guest.
     assert daemons[0].log().count("heartbeat state registering -> registered") >= 1
+
+
+def test_c_daemon_reads_the_python_daemons_config_file(short_tmp) -> None:
+    """The same [guestd] file and flags; --check-config prints the same keys."""
+    conf = os.path.join(short_tmp, "guestd.conf")
+    with open(conf, "w") as fh:
+        fh.write("# comment\n[guestd]\nname = vnf-c\nInterval_MS: 250\ncorrective_action = Stop\n")
+    args = ["--config", conf, "--check-config", "--log-level", "debug"]
+    c_out = subprocess.run([c_guestd(), *args], capture_output=True, text=True, timeout=10)
+    py_out = subprocess.run(
+        [sys.executable, "-m", "guest_ha.guest.daemon", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert c_out.returncode == py_out.returncode == 0, c_out.stderr + py_out.stderr
+    assert c_out.stdout == py_out.stdout
+    assert "interval_ms = 250\n" in c_out.stdout and "corrective_action = stop\n" in c_out.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "flags", "message"),
+    [
+        ("[guestd]\ninterval_ms = 50\n", [], "interval_ms: must be between 100 and 60000"),
+        ("[guestd]\nportt = /dev/x\n", [], "unknown key 'portt'"),
+        ("[other]\n", [], "unknown section [other]"),
+        ("", ["--interval-ms", "abc"], "command line: interval_ms: must be an integer"),
+        ("", ["--transport", "usb"], "must be one of virtio, serial"),
+        ("", ["--bogus", "1"], "unrecognized argument"),
+    ],
+)
+def test_c_daemon_bad_config_exits_2_with_one_line(short_tmp, content, flags, message) -> None:
+    conf = os.path.join(short_tmp, "bad.conf")
+    with open(conf, "w") as fh:
+        fh.write(content)
+    proc = subprocess.run(
+        [c_guestd(), "--config", conf, *flags], capture_output=True, text=True, timeout=10
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("guest-ha-guestd: error: ")
+    assert message in proc.stderr and proc.stderr.count("\n") == 1

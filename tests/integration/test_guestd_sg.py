@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from c_guest_support import c_guestd
 
+from c_guest_support import c_guestd
 from guest_ha.guest.client import HealthClient
 from guest_ha.guest.sg_client import (
     MessageTooLarge,

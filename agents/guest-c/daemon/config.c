@@ -98,10 +98,13 @@ static const char *set_value(gd_config *c, const option *o, const char *raw, cha
             }
         }
         if (!found) {
-            snprintf(why, n, "must be one of %s", list);
-            for (p = why; *p; p++)
-                if (*p == ' ' && p > why + 11)
-                    *p = ',';
+            size_t o = (size_t)snprintf(why, n, "must be one of ");
+            for (p = (char *)list; *p && o + 3 < n; p++) {
+                if (*p == ' ')
+                    why[o++] = ',';
+                why[o++] = *p;
+            }
+            why[o] = '\0';
             return why;
         }
     } else {
