@@ -1,12 +1,13 @@
 /* example_app.c - a guest application using the C app hooks (guestha_app.h).
  *
  *   gh-example-app [--socket PATH] [--name NAME] [--health-file PATH]
- *                  [--broadcast JSON] [--status] [--seconds N]
+ *                  [--broadcast JSON] [--every S] [--status] [--seconds N]
  *
  * Registers NAME; its health callback says healthy while --health-file exists
  * (always, without it); subscribes to the server group and prints every
  * broadcast and notification as a line of JSON on stdout; sends --broadcast
- * once; prints the member list when --status is given; runs N seconds (0:
+ * once, or every S seconds as {"hello": HOSTNAME, "n": K, "text": JSON} with
+ * --every; prints the member list when --status is given; runs N seconds (0:
  * until killed), then unregisters. Build: make (links libguestha.a). */
 #include <signal.h>
 #include <stdio.h>
@@ -57,7 +58,9 @@ int main(int argc, char **argv)
 {
     const char *sock = NULL, *name = "example", *file = NULL, *bcast = NULL;
     int want_status = 0, i;
-    long seconds = 0;
+    long seconds = 0, every = 0, sent = 0;
+    time_t next_send = 0;
+    char host[64] = "guest";
     gha_app *app;
     time_t end;
     for (i = 1; i < argc; i++) {
@@ -69,6 +72,7 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--health-file") == 0) file = v;
         else if (strcmp(argv[i], "--broadcast") == 0) bcast = v;
         else if (strcmp(argv[i], "--seconds") == 0) seconds = atol(v);
+        else if (strcmp(argv[i], "--every") == 0) every = atol(v);
         else { fprintf(stderr, "unknown option %s\n", argv[i]); return 2; }
         i++;
     }
@@ -89,19 +93,32 @@ int main(int argc, char **argv)
     gha_app_on_status(app, on_status, NULL);
     if (gha_app_subscribe(app))
         fprintf(stderr, "subscribe: %s\n", gha_app_error(app));
-    if (bcast && gha_app_broadcast(app, bcast))
+    gethostname(host, sizeof host - 1);
+    if (bcast && !every && gha_app_broadcast(app, bcast))
         fprintf(stderr, "broadcast: %s (%s)\n", gha_app_error(app), gha_app_error_code(app));
     if (want_status && gha_app_request_status(app, 0))
         fprintf(stderr, "status: %s\n", gha_app_error(app));
     printf("{\"event\":\"ready\"}\n");
     fflush(stdout);
     end = time(NULL) + seconds;
-    while (!stop && (seconds == 0 || time(NULL) < end))
+    while (!stop && (seconds == 0 || time(NULL) < end)) {
+        if (every > 0 && time(NULL) >= next_send) {
+            char msg[4096];
+            next_send = time(NULL) + every;
+            snprintf(msg, sizeof msg, "{\"hello\":\"%s\",\"n\":%ld,\"text\":%s}", host,
+                     ++sent, bcast ? bcast : "null");
+            if (gha_app_broadcast(app, msg))
+                fprintf(stderr, "broadcast #%ld: %s\n", sent, gha_app_error(app));
+            else
+                printf("{\"event\":\"sent\",\"n\":%ld}\n", sent);
+            fflush(stdout);
+        }
         if (gha_app_poll(app, 200)) {
             fprintf(stderr, "daemon gone: %s\n", gha_app_error(app));
             gha_app_close(app);
             return 1;
         }
+    }
     gha_app_unregister(app);
     gha_app_close(app);
     return 0;
