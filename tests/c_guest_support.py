@@ -6,7 +6,9 @@ private build directory, so parallel worktrees and runs never share objects.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import tempfile
 from typing import Dict, Optional
@@ -21,7 +23,10 @@ def build_c_guest(target: str = "all", build_dir: Optional[str] = None) -> str:
     key = f"{target}:{build_dir}"
     if key in _built:
         return _built[key]
-    out = build_dir or tempfile.mkdtemp(prefix="gha-cbuild-")
+    out = build_dir
+    if out is None:
+        out = tempfile.mkdtemp(prefix="gha-cbuild-")
+        atexit.register(shutil.rmtree, out, True)
     proc = subprocess.run(
         ["make", "-C", C_DIR, f"BUILD={out}", target],
         capture_output=True,
