@@ -151,8 +151,12 @@ def test_broadcast_between_c_and_python_guests_both_ways(
                     doms[tag] = domains.define(
                         domain_xml, optin=True, server_group="demo", **kwargs
                     )
-                for dom in doms.values():
-                    engine.wait_event("registered", dom.UUIDString(), timeout=120)
+                for tag, dom in doms.items():
+                    try:
+                        engine.wait_event("registered", dom.UUIDString(), timeout=120)
+                    except TimeoutError as exc:
+                        log = console(e2e_dir, tag)[-4000:]
+                        raise AssertionError(f"{tag}: {exc}\n{log}") from None
                 py_uuid, c_uuid = doms["py"].UUIDString(), doms["c"].UUIDString()
                 # Python guest's demo peer prints what it gets from the C guest ...
                 wait_until(
