@@ -40,5 +40,8 @@ def build_c_guest(target: str = "all", build_dir: Optional[str] = None) -> str:
 
 
 def c_guestd() -> str:
-    """Path of the freshly built C ``guest-ha-guestd``."""
+    """Path of the freshly built C ``guest-ha-guestd`` (``GHA_C_GUESTD`` overrides it,
+    e.g. with a sanitizer build: ``make sanitize`` puts one in build/san/)."""
+    if os.environ.get("GHA_C_GUESTD"):
+        return os.environ["GHA_C_GUESTD"]
     return os.path.join(build_c_guest("guestd"), "guest-ha-guestd")
