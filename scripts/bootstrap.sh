@@ -34,6 +34,7 @@ APT_PACKAGES=(
     qemu-system-x86 qemu-utils libvirt-dev pkg-config gcc python3-dev
     debootstrap busybox-static cpio e2fsprogs openssh-server openssh-client
     rabbitmq-server
+    make musl-tools
 )
 if [ "${GUEST_HA_SKIP_APT:-0}" != 1 ]; then
     apt_install "${APT_PACKAGES[@]}"

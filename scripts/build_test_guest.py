@@ -820,6 +820,69 @@ def _build(out: str, force: bool) -> Dict[str, object]:
     return _absolute(out, manifest)
 
 
+# -- variant c: no Python, busybox + the static C daemon (scripts/build_test_guest_c.py) --
+DEFAULT_OUT_C = os.path.join(CACHE, "out-c")
+INPUTS_C = ("agents/guest-c", "scripts/build_test_guest.py", "scripts/build_test_guest_c.py")
+ROOTFS_SIZE_C = "32M"
+
+
+def build_c(out: str = DEFAULT_OUT_C, force: bool = False) -> Dict[str, object]:
+    """Build (or reuse) the no-Python test guest in ``out``; return its manifest."""
+    import build_test_guest_c as variant
+
+    with cache_lock():
+        out = os.path.abspath(out)
+        started = time.monotonic()
+        kernel_deb = ensure_kernel_deb()
+        digest = hashlib.sha256()
+        for rel in INPUTS_C:
+            for path in _walk_files(os.path.join(REPO, rel)):
+                if "/build/" not in path:
+                    digest.update(os.path.relpath(path, REPO).encode() + sha256_file(path).encode())
+        digest.update(os.path.basename(kernel_deb).encode())
+        wanted = digest.hexdigest()
+        manifest = read_manifest(out)
+        if manifest and manifest.get("inputs_sha256") == wanted and not force:
+            log(f"up to date: {out}")
+            return _absolute(out, manifest)
+        require_root()
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="work-c-", dir=CACHE) as work:
+            rootdir = os.path.join(work, "rootfs")
+            daemon_sha = variant.build_c_rootfs(
+                rootdir, REPO, static_busybox(), TEST_CONTROL_CHECK, log
+            )
+            if variant.has_python(rootdir):
+                raise SystemExit("the no-Python image contains Python")
+            version, vmlinuz, modules = extract_kernel(kernel_deb, os.path.join(work, "kernel"))
+            shutil.copy2(vmlinuz, os.path.join(out, "vmlinuz"))
+            build_initramfs(os.path.join(out, "initrd.img"), modules)
+            tmp_img = os.path.join(out, "rootfs.ext4.tmp")
+            run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "guest-ha-root-c", "-d", rootdir,
+                 tmp_img, ROOTFS_SIZE_C])  # fmt: skip
+            os.replace(tmp_img, os.path.join(out, "rootfs.ext4"))
+        variant.write_manifest(
+            out,
+            {"kernel": "vmlinuz", "initrd": "initrd.img", "rootfs": "rootfs.ext4"},
+            {
+                "variant": "c",
+                "kernel_version": version,
+                "modules": list(modules),
+                "rootfs_format": "raw",
+                "root_device": "/dev/vda",
+                "cmdline": "console=ttyS0 root=/dev/vda rw panic=-1",
+                "guest_name": "guest-ha-test-c",
+                "port_name": "org.opnfv.ha.0",
+                "control_disk": "/dev/vdb",
+                "guestd_c_sha256": daemon_sha,
+                "inputs_sha256": wanted,
+                "build_seconds": variant.elapsed(started),
+            },
+        )
+        log(f"built the no-Python variant in {out}")
+        return _absolute(out, read_manifest(out) or {})
+
+
 def _absolute(out: str, manifest: Dict[str, object]) -> Dict[str, object]:
     result = dict(manifest)
     result["dir"] = out
@@ -837,7 +900,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--refresh-rootfs", action="store_true", help="debootstrap again (drops the cached root)"
     )
+    parser.add_argument(
+        "--variant",
+        choices=("python", "c"),
+        default="python",
+        help=f"c: busybox + the static C guest daemon, no Python (default out: {DEFAULT_OUT_C})",
+    )
     args = parser.parse_args(argv)
+    if args.variant == "c":
+        out = DEFAULT_OUT_C if args.out == DEFAULT_OUT else args.out
+        try:
+            build_c(out, force=args.force)
+        except subprocess.CalledProcessError as exc:
+            log(f"failed: {' '.join(map(str, exc.cmd))} exited with {exc.returncode}")
+            return 1
+        print(os.path.join(os.path.abspath(out), "manifest.json"))
+        return 0
     if args.refresh_rootfs:
         ensure_rootfs_tarball(force=True)
     try:

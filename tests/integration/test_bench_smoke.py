@@ -105,3 +105,18 @@ def test_sgm_latency_reports_its_fields() -> None:
     assert set(cpu) == parts | {"total"}
     assert all(cpu[name] >= 0 for name in parts) and cpu["controller"] > 0
     assert cpu["total"] == pytest.approx(sum(cpu[name] for name in parts), abs=0.5)
+
+
+@pytest.mark.c_guest
+def test_guest_footprint_bench_compares_both_daemons() -> None:
+    result = run_bench("bench/guest_footprint.py", "--seconds", "2", "--warmup", "1")
+    for name in ("c", "python"):
+        assert result[name]["rss_kib"] > 0 and result[name]["responses"] > 0
+    assert result["ratio"]["rss"] > 1
+    assert result["faults"] == 0
+
+
+@pytest.mark.c_guest
+def test_guest_c_fuzz_bench_runs() -> None:
+    result = run_bench("bench/guest_c_fuzz.py", "--iterations", "3000")
+    assert result["iterations"] == 3000 and result["findings"] == 0

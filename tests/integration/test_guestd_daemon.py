@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from c_guest_support import c_guestd
 from guest_ha.guest.client import HealthClient
 from guest_ha.protocol import (
     HEARTBEAT,
@@ -73,12 +74,14 @@ def host():
     h.close()
 
 
-@pytest.fixture
-def start(tmp_path):
+@pytest.fixture(params=["python", pytest.param("c", marks=pytest.mark.c_guest)])
+def start(request, tmp_path):
+    """Starts the Python daemon, or the C one (agents/guest-c) with the same flags."""
     started = []
+    default_cmd = [c_guestd()] if request.param == "c" else None
 
     def _start(port: str, *extra: str, cmd=None) -> Daemon:
-        d = Daemon(tmp_path, port, *extra, cmd=cmd)
+        d = Daemon(tmp_path, port, *extra, cmd=cmd or default_cmd)
         started.append(d)
         return d
 

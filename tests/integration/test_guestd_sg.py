@@ -21,6 +21,7 @@ from typing import Optional
 
 import pytest
 
+from c_guest_support import build_c_guest, c_guestd
 from guest_ha.guest.client import HealthClient
 from guest_ha.guest.sg_client import (
     MessageTooLarge,
@@ -103,9 +104,11 @@ def host():
     h.close()
 
 
-@pytest.fixture
-def daemon(tmp_path, host):
-    d = Daemon(tmp_path, host.path, "--sg-status-timeout-ms", "2000")
+@pytest.fixture(params=["python", pytest.param("c", marks=pytest.mark.c_guest)])
+def daemon(request, tmp_path, host):
+    """The Python daemon, and the C one (agents/guest-c): same flags, same app API."""
+    cmd = [c_guestd()] if request.param == "c" else None
+    d = Daemon(tmp_path, host.path, "--sg-status-timeout-ms", "2000", cmd=cmd)
     host.register()
     yield d
     d.stop()
@@ -282,3 +285,38 @@ def test_pyz_sg_subcommand(host, daemon, tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert host.recv("broadcast")["data"] == "via pyz"
+
+
+def test_c_app_hooks_example_app(host, daemon, tmp_path):
+    """The C app hooks (agents/guest-c/include/guestha_app.h) through the example
+    app, against either daemon: health callback, broadcast both ways, status."""
+    app_bin = os.path.join(build_c_guest("all"), "gh-example-app")
+    healthy_file = tmp_path / "healthy"
+    healthy_file.write_text("ok")
+    proc = subprocess.Popen(
+        [app_bin, "--socket", daemon.socket, "--name", "c-app", "--health-file",
+         str(healthy_file), "--broadcast", '{"from": "c", "n": [1, 2.5]}', "--status"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert json.loads(proc.stdout.readline()) == {"event": "ready"}
+        assert dict(host.recv("broadcast").fields) == {"data": {"from": "c", "n": [1, 2.5]}}
+        query = host.recv("status_query")
+        host.answer_status(query, [member(UUID_SELF, "self"), member(UUID_PEER, "peer")])
+        status = json.loads(proc.stdout.readline())
+        assert status["event"] == "status" and status["ok"] is True
+        assert [m["uuid"] for m in status["members"]] == [UUID_SELF, UUID_PEER]
+        host.send(broadcast_from_peer({"role": "standby"}))
+        assert json.loads(proc.stdout.readline()) == {
+            "event": "broadcast",
+            "source_instance": UUID_PEER,
+            "data": {"role": "standby"},
+        }
+        assert host.challenge()["health"] == "healthy"
+        healthy_file.unlink()
+        answer = host.challenge_until(lambda m: m["health"] == "unhealthy")
+        assert answer["reason"] == f"app c-app: {healthy_file} is missing"
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+    assert host.challenge_until(lambda m: m["health"] == "healthy")["reason"] == ""

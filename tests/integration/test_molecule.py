@@ -140,6 +140,13 @@ def test_molecule_guest_chroot(tmp_path) -> None:
     _molecule("guest", "default", tmp_path)
 
 
+@pytest.mark.c_guest
+def test_molecule_guest_c_implementation(tmp_path) -> None:
+    """The guest role with guest_ha_guest_implementation: c, idempotence included."""
+    _require_root()
+    _molecule("guest", "c", tmp_path)
+
+
 def test_molecule_two_node(tmp_path) -> None:
     _require_root()
     _require_rabbitmq()

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
@@ -207,17 +207,20 @@ def start_guest_daemon(
     checks_dir: str,
     log_path: str,
     extra_args: Iterable[str] = (),
+    command: Optional[Sequence[str]] = None,
 ) -> subprocess.Popen:
-    """The real guest daemon as a child process, on ``port`` (e.g. a simulator pty)."""
+    """The real guest daemon as a child process, on ``port`` (e.g. a simulator pty).
+
+    ``command`` replaces the Python daemon's argv prefix, e.g. with the C daemon's
+    binary (agents/guest-c), which takes the same flags.
+    """
     env = dict(os.environ)
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "guest_ha.guest.daemon",
+                *(command or (sys.executable, "-m", "guest_ha.guest.daemon")),
                 "--config",
                 os.devnull,
                 "--port",
