@@ -297,6 +297,18 @@ class RecoveryPlanner:
         return Command("event", uuid, kind=kind, detail=detail)
 
 
+def _busy(vm: Any, timed_out_restart: bool) -> str:
+    """The lifecycle operation in progress on ``vm`` ('' if none): a pause, shutdown
+    or migration libvirt told of, or a (re)boot the guest has not registered after
+    yet. A restart that timed out is a fault, not an operation in progress."""
+    if vm.lifecycle_suspended:
+        return str(vm.lifecycle_suspended)
+    hb = vm.channel.heartbeat
+    if hb.state == hb.SUSPENDED and not timed_out_restart:
+        return "a restart in progress"
+    return ""
+
+
 Executor = Callable[[str, str, RecoveryPolicy, Callable[[bool, str], None]], None]
 """``executor(uuid, action, policy, answer)``: carry the action out (in another
 thread) and call ``answer(ok, outcome)`` from there."""
@@ -339,14 +351,19 @@ class RecoveryController:
             kind,
             self.engine.clock(),
             hint=hb.corrective_action,
-            busy=vm.lifecycle_suspended,
+            busy=_busy(vm, timed_out_restart=kind == RESTART_TIMEOUT),
             reason=reason,
         )
         self._run(commands)
 
     def on_timer(self, uuid: str) -> None:
         vm = self.engine.vms.get(uuid)
-        busy = "removed" if vm is None else vm.lifecycle_suspended
+        if vm is None:
+            busy = "removed"
+        elif vm.channel.heartbeat.health == "healthy":
+            busy = "the fault has cleared"  # recovered, or the guest said exit
+        else:
+            busy = _busy(vm, timed_out_restart=vm.channel.heartbeat.health == RESTART_TIMEOUT)
         self._run(self.planner.on_timer(uuid, self.engine.clock(), busy=busy))
 
     def _run(self, commands: List[Command]) -> None:
