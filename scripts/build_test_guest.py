@@ -30,7 +30,8 @@ this script, the cached root and kernel) still matches. Progress goes to stderr;
 the last stdout line is the manifest path. Needs root (debootstrap, chroot).
 
 The boot command line understands ``guest_ha.interval_ms=N`` (heartbeat
-interval the guest daemon asks for; default 1000) and ``init=PATH``.
+interval the guest daemon asks for; default 1000),
+``guest_ha.corrective_action=log|reboot|stop`` (its hint) and ``init=PATH``.
 """
 
 from __future__ import annotations
@@ -131,9 +132,11 @@ hostname "$(cat /etc/hostname 2>/dev/null || echo guest)"
 guest-ha-vport-links
 
 interval=
+action=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         guest_ha.interval_ms=*) interval=${arg#*=} ;;
+        guest_ha.corrective_action=*) action=${arg#*=} ;;
     esac
 done
 case "$interval" in
@@ -141,6 +144,12 @@ case "$interval" in
     *)
         sed -i "s/^interval_ms *=.*/interval_ms = $interval/" "$CONF"
         say "interval_ms = $interval"
+        ;;
+esac
+case "$action" in
+    log|reboot|stop)
+        sed -i "s/^corrective_action *=.*/corrective_action = $action/" "$CONF"
+        say "corrective_action = $action"
         ;;
 esac
 

@@ -76,6 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             print(f"guest-ha-compute: {exc}", file=sys.stderr)
             return 2
+        _enable_recovery(engine, config, monitor)
         monitor.start()
     from ..runtime import freeze_startup_heap
 
@@ -89,6 +90,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             link.close()
         sink.close()
     return 0
+
+
+def _enable_recovery(engine: Any, config: Any, monitor: Any) -> None:
+    """Recovery acts through libvirt. In Nova mode only when the operator said so:
+    there, Masakari and the VNF manager own recovery (docs/compute-agent.md)."""
+    from .recovery import RecoveryController
+
+    log = logging.getLogger("guest_ha.compute")
+    if config.libvirt.mode == "nova" and not config.recovery.in_nova_mode:
+        if config.recovery.enabled:
+            log.warning(
+                "recovery.enabled is ignored in nova mode (Masakari and the VNF manager "
+                "own recovery there); set recovery.in_nova_mode: true to act anyway"
+            )
+        return
+    engine.recovery = RecoveryController(engine, config.recovery, monitor.recover)
+    if config.recovery.enabled:
+        log.info(
+            "recovery on: actions %s, hint %s, delay %g s, at most %d per %g s",
+            ",".join(config.recovery.actions),
+            "honoured" if config.recovery.honour_hint else "ignored",
+            config.recovery.delay_s,
+            config.recovery.max_actions,
+            config.recovery.window_s,
+        )
 
 
 def fetch_status(path: str, timeout: float = 2.0) -> Dict[str, Any]:
@@ -105,6 +131,9 @@ def fetch_status(path: str, timeout: float = 2.0) -> Dict[str, Any]:
 
 
 def _state(vm: Dict[str, Any]) -> str:
+    recovery = vm.get("recovery") or {}
+    if recovery.get("state") not in (None, "idle"):
+        return f"{vm['health']}, recovery {recovery['state']} ({recovery.get('action')})"
     if vm.get("lifecycle") and vm["health"] == "healthy":
         return f"suspended ({vm['lifecycle']})"
     if vm["registered"] or vm["health"] != "healthy":

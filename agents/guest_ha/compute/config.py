@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import yaml
 
 from ..protocol import ChannelLimits, HostPolicy
+from .recovery import RecoveryPolicy, parse_policy
 
 DEFAULT_STATUS_SOCKET = "/run/guest-ha/compute.sock"
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
@@ -116,6 +117,8 @@ class ComputeConfig:
     events: EventsConfig = field(default_factory=EventsConfig)
     libvirt: LibvirtConfig = field(default_factory=LibvirtConfig)
     controller: ControllerLinkConfig = field(default_factory=ControllerLinkConfig)
+    recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
+    """The host's recovery policy (off by default; domains may override it)."""
     status_socket: Optional[str] = DEFAULT_STATUS_SOCKET
     log_level: str = "info"
 
@@ -196,6 +199,13 @@ def _vms(raw: Any) -> List[VmSpec]:
     return out
 
 
+def _recovery(raw: Any) -> RecoveryPolicy:
+    try:
+        return parse_policy(raw, "recovery")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def parse_config(raw: Any) -> ComputeConfig:
     if raw is None:
         raw = {}
@@ -233,6 +243,7 @@ def parse_config(raw: Any) -> ComputeConfig:
         events=_section(EventsConfig, raw.get("events"), "events"),
         libvirt=_section(LibvirtConfig, raw.get("libvirt"), "libvirt"),
         controller=_section(ControllerLinkConfig, raw.get("controller"), "controller"),
+        recovery=_recovery(raw.get("recovery")),
         status_socket=status_socket,
         log_level=level,
     )

@@ -100,6 +100,9 @@ class HeartbeatEngine:
         """Set in libvirt mode: asks whether a domain still runs before a heartbeat
         fault is reported (see ``_hold``)."""
         self.loop_iterations = 0
+        self.recovery: Optional[Any] = None
+        """Set when the operator enabled recovery (``compute.recovery.RecoveryController``):
+        told of every event, it may act on the VM through the hypervisor."""
 
     # -- VM set -------------------------------------------------------------------
     def post(self, fn: Callable[[], None]) -> None:
@@ -130,6 +133,8 @@ class HeartbeatEngine:
             return
         vm.state = REMOVED
         self._close(vm)
+        if self.recovery is not None:
+            self.recovery.forget(uuid)
         LOG.info("%s removed", vm.log_prefix)
 
     def upsert_vm(self, spec: VmSpec, source: str) -> None:
@@ -287,6 +292,10 @@ class HeartbeatEngine:
     def _schedule(self, when: float, kind: str, uuid: str) -> None:
         heapq.heappush(self._timers, (when, next(self._counter), kind, uuid))
 
+    def schedule(self, when: float, kind: str, uuid: str) -> None:
+        """A timer of an engine extension (``recovery``), run in the loop at ``when``."""
+        self._schedule(when, kind, uuid)
+
     def _reschedule_tick(self, vm: VmConnection) -> None:
         deadline = vm.channel.next_deadline()
         if deadline is not None and deadline != vm.scheduled_tick:
@@ -315,6 +324,8 @@ class HeartbeatEngine:
             elif kind == "confirm_timeout" and vm.held:
                 LOG.warning("%s no answer from the hypervisor: reporting the fault", vm.log_prefix)
                 self._confirmed(uuid, vm.hold_token, True, "unknown")
+            elif kind == "recovery" and self.recovery is not None:
+                self.recovery.on_timer(uuid)
             elif kind == "resume_read" and vm.read_paused and vm.sock is not None:
                 vm.read_paused = False
                 self._update_interest(vm)
@@ -472,16 +483,26 @@ class HeartbeatEngine:
     def _emit(self, vm: VmConnection, event: HeartbeatEvent) -> None:
         if not vm.spec.heartbeat and (event.is_fault or event.kind == "recovered"):
             return  # this VM opted in to messaging only
-        now = self.clock()
+        self._send(vm, event.kind, event.is_fault, dict(event.detail))
+        if self.recovery is not None:
+            self.recovery.observe(vm, event.kind, event.detail)
+
+    def emit_event(self, uuid: str, kind: str, detail: Dict[str, Any]) -> None:
+        """An event of an engine extension about a VM (never a fault)."""
+        vm = self.vms.get(uuid)
+        if vm is not None:
+            self._send(vm, kind, False, detail)
+
+    def _send(self, vm: VmConnection, kind: str, fault: bool, detail: Dict[str, Any]) -> None:
         self.sink.emit(
             VmEvent(
-                kind=event.kind,
+                kind=kind,
                 instance_uuid=vm.spec.uuid,
                 domain=vm.spec.name,
-                monotonic=now,
+                monotonic=self.clock(),
                 wall_time=time.time(),
-                fault=event.is_fault,
-                detail=dict(event.detail),
+                fault=fault,
+                detail=detail,
             )
         )
 
@@ -572,6 +593,9 @@ class HeartbeatEngine:
                     "read_paused": vm.read_paused,
                     "source": vm.source,
                     "lifecycle": vm.lifecycle_suspended or None,
+                    "recovery": None
+                    if self.recovery is None
+                    else self.recovery.describe(vm.spec.uuid),
                 }
             )
         return {"uptime_s": round(now - self.started_at, 3), "vms": vms}

@@ -15,7 +15,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import yaml
 
@@ -25,6 +25,7 @@ from . import domain_xml
 from .config import LibvirtConfig, VmSpec
 from .engine import HeartbeatEngine
 from .nova import NovaFlavorOptIn, NovaLookupError
+from .recovery import RecoveryPolicy, parse_policy
 
 LOG = logging.getLogger("guest_ha.compute.libvirt")
 
@@ -68,10 +69,16 @@ class OptInFile:
         self.path = path
         self._mtime: Optional[float] = None
         self._entries: Dict[str, domain_xml.OptIn] = {}
+        self._recovery: Dict[str, Dict[str, Any]] = {}
 
     def lookup(self, uuid: str, name: str) -> Optional[domain_xml.OptIn]:
         self._reload()
         return self._entries.get(uuid) or self._entries.get(f"name:{name}")
+
+    def recovery(self, uuid: str, name: str) -> Optional[Dict[str, Any]]:
+        """The domain's own ``recovery:`` settings in the file, if any."""
+        self._reload()
+        return self._recovery.get(uuid) or self._recovery.get(f"name:{name}")
 
     def _reload(self) -> None:
         if not self.path:
@@ -90,10 +97,11 @@ class OptInFile:
             with open(self.path, encoding="utf-8") as fh:
                 raw = yaml.safe_load(fh) or {}
             self._entries = parse_optin_file(raw)
+            self._recovery = parse_optin_recovery(raw)
             LOG.info("opt-in file %s: %d domain(s)", self.path, len(self._entries))
         except (OSError, yaml.YAMLError, ValueError) as exc:
             LOG.error("opt-in file %s ignored: %s", self.path, exc)
-            self._entries = {}
+            self._entries, self._recovery = {}, {}
 
 
 def parse_optin_file(raw: Any) -> Dict[str, domain_xml.OptIn]:
@@ -103,7 +111,7 @@ def parse_optin_file(raw: Any) -> Dict[str, domain_xml.OptIn]:
     for i, item in enumerate(raw.get("domains", [])):
         if not isinstance(item, dict) or not ({"name", "uuid"} & set(item)):
             raise ValueError(f"domains[{i}]: needs a name or a uuid")
-        unknown = set(item) - {"name", "uuid", "heartbeat", "server_group"}
+        unknown = set(item) - {"name", "uuid", "heartbeat", "server_group", "recovery"}
         if unknown:
             raise ValueError(f"domains[{i}]: unknown key(s) {', '.join(sorted(unknown))}")
         heartbeat = item.get("heartbeat", True)
@@ -118,6 +126,45 @@ def parse_optin_file(raw: Any) -> Dict[str, domain_xml.OptIn]:
         key = str(item["uuid"]).lower() if "uuid" in item else f"name:{item['name']}"
         entries[key] = opt
     return entries
+
+
+def _entry_key(item: Mapping[str, Any]) -> str:
+    return str(item["uuid"]).lower() if "uuid" in item else f"name:{item['name']}"
+
+
+def parse_optin_recovery(raw: Any) -> Dict[str, Dict[str, Any]]:
+    """Per-domain ``recovery:`` settings of the opt-in file, checked against the policy's keys."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for i, item in enumerate(raw.get("domains", []) if isinstance(raw, dict) else []):
+        if isinstance(item, dict) and "recovery" in item:
+            where = f"domains[{i}].recovery"
+            parse_policy(item["recovery"], where, per_domain=True)  # raises on a bad key
+            out[_entry_key(item)] = dict(item["recovery"])
+    return out
+
+
+def metadata_recovery(xml: str) -> Optional[Dict[str, Any]]:
+    """``<recovery enabled='true' actions='reset,stop' .../>`` in the domain's guest-ha
+    metadata, as policy settings (attribute values converted; None: no element)."""
+    node = domain_xml.domain_metadata(xml, domain_xml.GUEST_HA_METADATA_NS)
+    if node is None:
+        return None
+    elem = next((c for c in node if c.tag.rsplit("}", 1)[-1] == "recovery"), None)
+    if elem is None:
+        return None
+    settings: Dict[str, Any] = {}
+    for key, text in elem.attrib.items():
+        text = text.strip()
+        if text.lower() in ("true", "false", "yes", "no", "1", "0") and key != "actions":
+            settings[key] = text.lower() in ("true", "yes", "1")
+        elif key == "actions":
+            settings[key] = text
+        else:
+            try:
+                settings[key] = float(text) if "." in text else int(text)
+            except ValueError:
+                settings[key] = text  # parse_policy names the key in its error
+    return settings
 
 
 class LibvirtMonitor:
@@ -139,6 +186,9 @@ class LibvirtMonitor:
             )
         self._queue: "queue.Queue[Tuple[str, str, int, int]]" = queue.Queue()
         self._confirms: "queue.Queue[Tuple[str, Any]]" = queue.Queue()
+        self._actions: "queue.Queue[Tuple[str, str, RecoveryPolicy, Any]]" = queue.Queue()
+        self._recovering: Dict[str, float] = {}
+        """uuid -> until when a stop of this domain is our own recovery action."""
         self._conn: Any = None
         self._callbacks: list = []
         self._running = False
@@ -155,6 +205,7 @@ class LibvirtMonitor:
         self._worker = threading.Thread(target=self._work, name="libvirt-worker", daemon=True)
         self._worker.start()
         threading.Thread(target=self._confirm_loop, name="libvirt-confirm", daemon=True).start()
+        threading.Thread(target=self._action_loop, name="libvirt-recovery", daemon=True).start()
         self.engine.fault_confirmer = self.confirm_running
 
     # -- fault confirmation (own thread: never queued behind slow discovery work) -----
@@ -179,6 +230,60 @@ class LibvirtMonitor:
                 answer(True, "unknown")
                 continue
             answer(state == lv.VIR_DOMAIN_RUNNING, _state_name(lv, state))
+
+    # -- recovery actions (own thread: an action may wait on a hung QEMU) -------------
+    def recover(
+        self, uuid: str, action: str, policy: RecoveryPolicy, answer: Callable[[bool, str], None]
+    ) -> None:
+        """Carry a recovery action out; ``answer(ok, outcome)`` from the action thread."""
+        self._actions.put((uuid, action, policy, answer))
+
+    def _action_loop(self) -> None:
+        while self._running:
+            try:
+                uuid, action, policy, answer = self._actions.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            try:
+                ok, outcome = self._do_action(uuid, action, policy)
+            except self.libvirt.libvirtError as exc:
+                ok, outcome = False, str(exc)
+            answer(ok, outcome)
+
+    def _do_action(self, uuid: str, action: str, policy: RecoveryPolicy) -> Tuple[bool, str]:
+        lv = self.libvirt
+        conn = self._conn
+        if conn is None:
+            return False, "not connected to libvirt"
+        dom = conn.lookupByUUIDString(uuid)
+        state = dom.state()[0]
+        if state != lv.VIR_DOMAIN_RUNNING:
+            return False, f"domain is {_state_name(lv, state)}, not running: no action"
+        # Our own stop of the domain is not a crash (destroyed_is_fault).
+        self._recovering[uuid] = time.monotonic() + policy.action_timeout_s + 60.0
+        if action in ("reset", "reboot"):
+            call = (lambda: dom.reset(0)) if action == "reset" else (lambda: dom.reboot(0))
+            if _finishes(call, policy.action_timeout_s):
+                return True, action
+            if "destroy-and-start" not in policy.actions:
+                return False, (
+                    f"{action} not carried out within {policy.action_timeout_s:g} s "
+                    "(QEMU not responding) and destroy-and-start is not allowed"
+                )
+            dom.destroy()
+            dom.create()
+            return True, (
+                f"{action} not carried out within {policy.action_timeout_s:g} s "
+                "(QEMU not responding): destroyed and started"
+            )
+        if action == "destroy-and-start":
+            dom.destroy()
+            dom.create()
+            return True, "destroyed and started"
+        if action == "stop":
+            dom.destroy()
+            return True, "stopped"
+        return False, f"unknown action {action!r}"
 
     def stop(self) -> None:
         self._running = False
@@ -322,6 +427,9 @@ class LibvirtMonitor:
                 lv.VIR_DOMAIN_EVENT_STOPPED_FAILED,
             )
             destroyed = detail == lv.VIR_DOMAIN_EVENT_STOPPED_DESTROYED
+            if destroyed and self._recovering.get(uuid, 0.0) > time.monotonic():
+                self._post_lifecycle(uuid, "suspend", "stopped (recovery)")
+                return
             if crashed or (destroyed and self.config.destroyed_is_fault):
                 self._post_fault(uuid, f"domain stopped: {cause}", cause)
             else:
@@ -375,6 +483,22 @@ class LibvirtMonitor:
                 return from_metadata
         return self.optin_file.lookup(uuid.lower(), name) or domain_xml.OptIn()
 
+    def recovery_policy(self, uuid: str, name: str, xml: str) -> Optional[RecoveryPolicy]:
+        """The domain's own recovery settings over the host's (None: the host's)."""
+        if self.config.mode == "nova":
+            return None
+        override = metadata_recovery(xml) if self.config.optin_metadata else None
+        if override is None:
+            override = self.optin_file.recovery(uuid.lower(), name)
+        if override is None:
+            return None
+        base = self.engine.recovery.default if self.engine.recovery is not None else None
+        try:
+            return (base or RecoveryPolicy()).with_overrides(override, f"{name} recovery")
+        except ValueError as exc:
+            self._warn_once(uuid, f"[instance {uuid}] {exc}: using the host's recovery policy")
+            return None
+
     def _reconcile(self, dom: Any) -> bool:
         """Bring one domain in line; return whether the engine heartbeats it."""
         lv = self.libvirt
@@ -412,9 +536,12 @@ class LibvirtMonitor:
         paused = state != lv.VIR_DOMAIN_RUNNING
         self.known[uuid] = name
         self.known_opt_in[uuid] = opt
+        policy = self.recovery_policy(uuid, name, xml)
 
         def apply() -> None:
             self.engine.upsert_vm(spec, "libvirt")
+            if self.engine.recovery is not None:
+                self.engine.recovery.set_policy(uuid, policy)
             vm = self.engine.vms.get(uuid)
             if vm is not None and paused and not vm.lifecycle_suspended:
                 self.engine.lifecycle(uuid, "suspend", "paused")
@@ -489,3 +616,27 @@ def _name(lv: Any, event: str, detail: int) -> str:
         if attr.startswith(prefix) and getattr(lv, attr) == detail:
             return attr[len(prefix) :].lower()
     return str(detail)
+
+
+def _finishes(call: Callable[[], Any], timeout_s: float) -> bool:
+    """Run a libvirt call that may wait on a hung QEMU; True if it returned in time.
+
+    A call still waiting is left to end by itself (a later destroy kills QEMU,
+    which ends it with an error)."""
+    done = threading.Event()
+    failure: list = []
+
+    def run() -> None:
+        try:
+            call()
+        except Exception as exc:
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="libvirt-action", daemon=True).start()
+    if not done.wait(timeout_s):
+        return False
+    if failure:
+        raise failure[0]
+    return True

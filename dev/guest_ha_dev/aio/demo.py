@@ -155,6 +155,8 @@ class Deployment:
     controller_log: str
     interval_ms: int
     server_group: str
+    recovery: Dict[str, Any]
+    """The compute agent's recovery policy (compute.yaml ``recovery``)."""
 
     @classmethod
     def load(cls, root: str) -> "Deployment":
@@ -178,6 +180,7 @@ class Deployment:
             controller_log=root + "/var/log/guest-ha/controller.log",
             interval_ms=int(facts["interval_ms"]),
             server_group=facts["server_group"],
+            recovery=dict(compute.get("recovery") or {}),
         )
 
 
@@ -333,6 +336,8 @@ def show_demo(dep: Deployment, boot_timeout: float, outcome: Outcome) -> None:
         events = JsonLinesTail(dep.events_jsonl, from_end=True)  # from here on
         frozen_at = time.monotonic()  # the agent's events carry the same clock
         os.kill(pid, signal.SIGSTOP)
+        by_agent = bool(dep.recovery.get("enabled"))
+        thaw = True
         try:
             lost = wait_for(
                 "the compute agent to detect heartbeat_lost",
@@ -392,9 +397,16 @@ def show_demo(dep: Deployment, boot_timeout: float, outcome: Outcome) -> None:
                 "controller_log": True,
                 "peers_told": sorted({n for n, _ in seen}),
             }
+            thaw = not by_agent  # the agent's recovery policy acts on the frozen guest
         finally:
-            os.kill(pid, signal.SIGCONT)
+            if thaw:
+                _thaw(pid)
 
+        if by_agent:
+            _agent_recovery(dep, victim, events, bus, frozen_at, total, outcome)
+            _thaw(pid)  # that QEMU is gone if the agent power-cycled it
+            wait_for("every guest healthy again", all_registered, 60, dep, table)
+            return
         step(5, total, f"Recovery: {victim.name} thawed with SIGCONT")
         thawed_at = time.monotonic()
         rec = wait_for(
@@ -417,6 +429,65 @@ def show_demo(dep: Deployment, boot_timeout: float, outcome: Outcome) -> None:
         }
     finally:
         bus.stop()
+
+
+def _thaw(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+def _agent_recovery(
+    dep: Deployment,
+    victim: Guest,
+    events: JsonLinesTail,
+    bus: NotificationCollector,
+    frozen_at: float,
+    total: int,
+    outcome: "Outcome",
+) -> None:
+    """Step 5 when the compute agent's recovery policy is on: it acts, the guest returns."""
+    actions = ", ".join(dep.recovery.get("actions") or [])
+    step(5, total, f"Recovery: the compute agent acts on {victim.name} (allowed: {actions})")
+    started = wait_for(
+        "the compute agent to start a recovery",
+        lambda: find_event(events, "recovery_started", victim.uuid),
+        60,
+    )
+    d = started.get("detail", {})
+    say(
+        f"  compute agent: recovery_started {started['monotonic'] - frozen_at:.2f} s after the "
+        f"freeze: {d.get('action')} ({d.get('reason')}), attempt {d.get('attempt')} of "
+        f"{d.get('max_actions')}"
+    )
+    done = wait_for(
+        "the guest to register again",
+        lambda: find_event(events, "recovery_done", victim.uuid),
+        240,
+    )
+    say(f"  compute agent: recovery_done {json.dumps(done.get('detail', {}))}")
+    rec = wait_for(
+        "the guest to heartbeat again",
+        lambda: find_event(events, "recovered", victim.uuid),
+        60,
+    )
+    took = rec["monotonic"] - frozen_at
+    say(f"  compute agent: recovered, heartbeating again {took:.1f} s after the freeze")
+    wait_for(
+        "the recovery notification on the bus",
+        lambda: find_notification(bus, "guest_ha.instance.recovered", victim.uuid, frozen_at),
+        60,
+    )
+    say("  message bus: guest_ha.instance.recovered received")
+    outcome.recovery = {
+        "instance_uuid": victim.uuid,
+        "recovered_s": round(took, 3),
+        "notified": True,
+        "by_agent": True,
+        "action": d.get("action"),
+        "outcome": done.get("detail", {}).get("outcome"),
+    }
 
 
 def _read(path: str) -> str:
@@ -444,7 +515,14 @@ def summary(dep: Deployment, outcome: Outcome, root: str, extra: Sequence[str]) 
         f"  fault detected in:   {f['detected_s'] * 1000:.0f} ms; on the bus after "
         f"{f['notified_s'] * 1000:.0f} ms; peers told: {', '.join(f['peers_told'])}"
     )
-    say(f"  recovered after:     {outcome.recovery['recovered_s']:.2f} s")
+    rec = outcome.recovery
+    if rec.get("by_agent"):
+        say(
+            f"  recovered by the agent's {rec.get('action')} in {rec['recovered_s']:.1f} s "
+            "(frozen to heartbeating again)"
+        )
+    else:
+        say(f"  recovered after:     {rec['recovered_s']:.2f} s (thawed to recovered)")
     reporters = ctl.get("reporters", {})
     if reporters:
         say(
