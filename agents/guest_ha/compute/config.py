@@ -41,6 +41,8 @@ class VmSpec:
 class ReconnectPolicy:
     initial_s: float = 0.1
     max_s: float = 5.0
+    stable_s: float = 10.0
+    """A connection must stay up this long before the backoff resets."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,8 @@ def parse_config(raw: Any) -> ComputeConfig:
     reconnect = _section(ReconnectPolicy, raw.get("reconnect"), "reconnect")
     if not 0 < reconnect.initial_s <= reconnect.max_s:
         raise ConfigError("reconnect: need 0 < initial_s <= max_s")
+    if reconnect.stable_s < 0:
+        raise ConfigError("reconnect: stable_s must not be negative")
     return ComputeConfig(
         vms=_vms(raw.get("vms")),
         socket_dir=socket_dir,
