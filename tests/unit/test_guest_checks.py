@@ -166,3 +166,41 @@ def test_status_lists_checks(tmp_path):
     assert entry["name"] == "ok.sh"
     assert entry["healthy"] is True
     assert entry["exit_code"] == 0
+
+
+def test_clock_jump_across_a_slow_check_is_not_a_timeout(tmp_path):
+    """The VM is paused for 3 s (its clock jumps) while a 0.5 s check runs under a
+    2 s limit: the check is not killed and stays healthy."""
+    _script(tmp_path, "slow.sh", "sleep 0.5")
+    runner = CheckRunner(str(tmp_path), 10.0, 2.0, LOG, 100.0)
+    runner.tick(100.0)
+    assert "slow.sh" in runner.running
+    assert runner.next_deadline(100.0) <= 100.2
+    runner.tick(103.0)  # resumed: 3 s of "time" passed in no real time
+    assert "slow.sh" in runner.running, runner.results
+    assert runner.counters["clock_jumps"] == 1
+    resumed = time.monotonic()
+    while "slow.sh" not in runner.results and time.monotonic() < resumed + 5:
+        fake = 103.0 + time.monotonic() - resumed  # the clock runs normally again
+        runner.next_deadline(fake)
+        time.sleep(0.05)
+        runner.tick(103.0 + time.monotonic() - resumed)
+    assert runner.results["slow.sh"].healthy, runner.results["slow.sh"]
+    assert runner.counters["timeouts"] == 0
+    runner.stop()
+
+
+def test_a_check_slow_without_a_jump_still_times_out(tmp_path):
+    """Same check and limit, ticked on time: 2.2 s of steady ticks is a timeout."""
+    _script(tmp_path, "hang.sh", "sleep 30")
+    runner = CheckRunner(str(tmp_path), 10.0, 2.0, LOG, 100.0)
+    runner.tick(100.0)
+    fake = 100.0
+    while "hang.sh" not in runner.results and fake < 103.0:
+        fake = runner.next_deadline(fake)
+        runner.tick(fake)
+    assert not runner.results["hang.sh"].healthy
+    assert runner.results["hang.sh"].reason.startswith("timed out after 2000 ms")
+    assert runner.counters["clock_jumps"] == 0
+    assert 102.0 <= fake < 102.3
+    runner.stop()
