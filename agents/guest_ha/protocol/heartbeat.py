@@ -481,6 +481,10 @@ class GuestHeartbeat:
         self.state = self.EXITED
 
     def _send_init(self, now: float) -> None:
+        # Until an init_ack says otherwise, the effective interval is the one asked
+        # for (docs/protocol.md §6.4): a previous host's answer no longer holds.
+        if self.state == self.REGISTERING:
+            self.effective_interval_ms = self.interval_ms
         if self.host_present:
             self.outbox.append(self._init_message())
         self._next_init = now + self.init_retry_s
