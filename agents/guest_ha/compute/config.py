@@ -120,6 +120,8 @@ class ComputeConfig:
     controller: ControllerLinkConfig = field(default_factory=ControllerLinkConfig)
     status_socket: Optional[str] = DEFAULT_STATUS_SOCKET
     log_level: str = "info"
+    metrics_listen: Optional[str] = None
+    """``host:port`` of the Prometheus endpoint (``:port``: loopback); None disables."""
 
 
 def looks_like_uuid(text: str) -> bool:
@@ -239,6 +241,7 @@ def parse_config(raw: Any) -> ComputeConfig:
         controller=_section(ControllerLinkConfig, raw.get("controller"), "controller"),
         status_socket=status_socket,
         log_level=level,
+        metrics_listen=_metrics_listen(raw.get("metrics_listen")),
     )
 
 
@@ -255,3 +258,15 @@ def load_config(path: str) -> ComputeConfig:
         return parse_config(raw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _metrics_listen(value: Any) -> Optional[str]:
+    if value is None or value == "":
+        return None
+    from .metrics import parse_listen
+
+    try:
+        parse_listen(str(value))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return str(value)
