@@ -83,7 +83,8 @@ def test_timeout_kills_process_group(tmp_path):
     result = runner.results["hang.sh"]
     assert not result.healthy
     assert result.reason.startswith("timed out after 300 ms")
-    assert runner.counters["timeouts"] == 1
+    assert runner.counters["timeouts"] == 2  # the first timeout is confirmed by a re-run
+    assert runner.counters["timeouts_retried"] == 1
     child = int(marker.read_text())
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
@@ -190,17 +191,27 @@ def test_clock_jump_across_a_slow_check_is_not_a_timeout(tmp_path):
     runner.stop()
 
 
-def test_a_check_slow_without_a_jump_still_times_out(tmp_path):
-    """Same check and limit, ticked on time: 2.2 s of steady ticks is a timeout."""
+def test_a_hung_check_is_reported_after_a_confirming_rerun(tmp_path):
+    """Ticked on time, a hung check times out at 2 s, is run again at once, and
+    its second timeout (at 4 s) is reported: no clock jump is involved."""
     _script(tmp_path, "hang.sh", "sleep 30")
     runner = CheckRunner(str(tmp_path), 10.0, 2.0, LOG, 100.0)
     runner.tick(100.0)
     fake = 100.0
-    while "hang.sh" not in runner.results and fake < 103.0:
+    while "hang.sh" not in runner.results and fake < 105.0:
         fake = runner.next_deadline(fake)
         runner.tick(fake)
     assert not runner.results["hang.sh"].healthy
     assert runner.results["hang.sh"].reason.startswith("timed out after 2000 ms")
     assert runner.counters["clock_jumps"] == 0
-    assert 102.0 <= fake < 102.3
+    assert runner.counters["timeouts_retried"] == 1
+    assert 104.0 <= fake < 104.3
+    # Once unhealthy, a further timeout is reported without a re-run.
+    runner._next_round = fake
+    runner.tick(fake)
+    end = fake + 2.5
+    while fake < end:
+        fake = runner.next_deadline(fake)
+        runner.tick(fake)
+    assert runner.counters["timeouts_retried"] == 1 and runner.counters["timeouts"] == 3
     runner.stop()
