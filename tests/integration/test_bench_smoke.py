@@ -105,3 +105,28 @@ def test_sgm_latency_reports_its_fields() -> None:
     assert set(cpu) == parts | {"total"}
     assert all(cpu[name] >= 0 for name in parts) and cpu["controller"] > 0
     assert cpu["total"] == pytest.approx(sum(cpu[name] for name in parts), abs=0.5)
+
+
+def test_hostile_guests_reports_its_fields() -> None:
+    result = run_bench(
+        "bench/hostile_guests.py",
+        "--good",
+        "3",
+        "--interval-ms",
+        "100",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+    )
+    for key in (
+        "false_faults",
+        "agent_cpu_percent",
+        "agent_rss_growth_kib",
+        "events_from_hostile",
+        "nacks_sent_by_kind",
+    ):
+        assert key in result, key
+    assert result["false_faults"] == 0
+    assert set(result["events_from_hostile"]) == set(result["hostile_kinds"])
+    assert "flood" in result["hostile_kinds"] and "slowloris" in result["hostile_kinds"]
