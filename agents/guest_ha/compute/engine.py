@@ -426,7 +426,7 @@ class HeartbeatEngine:
                     self.sg_relay(vm.spec, msg)
                 else:
                     channel.reject(now, SERVER_GROUP, msg.msg_type, "not_enabled", NOT_ENABLED)
-        for event in channel.take_events():
+        for event in channel.take_events(self.clock()):
             if vm.held or (event.kind == HEARTBEAT_LOST and self.fault_confirmer is not None):
                 self._hold(vm, event)
             else:
