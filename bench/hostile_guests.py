@@ -44,6 +44,13 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def _count_kinds(events: List[dict]) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for event in events:
+        counts[event["kind"]] = counts.get(event["kind"], 0) + 1
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--good", type=int, default=50)
@@ -78,12 +85,14 @@ def main() -> None:
                 mark = len(engine.events())
                 rss_before = rss_kib(engine.pid)
                 cpu_before, wall_before = engine.cpu_seconds(), time.monotonic()
+                sim_cpu_before = time.process_time()
                 load_before = os.getloadavg()
                 _bench.progress(f"measuring for {args.duration:g} s")
                 end = wall_before + args.duration
                 while time.monotonic() < end:
                     time.sleep(min(10.0, max(0.0, end - time.monotonic())))
                 cpu_after, wall_after = engine.cpu_seconds(), time.monotonic()
+                sim_cpu = time.process_time() - sim_cpu_before
                 rss_after = rss_kib(engine.pid)
                 events = engine.events()[mark:]
                 all_events = engine.events()
@@ -110,6 +119,8 @@ def main() -> None:
                 "false_faults": len(false_faults),
                 "agent_cpu_percent": round(100.0 * (cpu_after - cpu_before) / elapsed, 2),
                 "agent_rss_kib": rss_after,
+                "simulator_cpu_percent": round(100.0 * sim_cpu / elapsed, 2),
+                "false_faults_by_kind": _count_kinds(false_faults),
                 "agent_rss_growth_kib": rss_after - rss_before,
                 "events_from_hostile": by_kind,
                 "events_from_hostile_per_min": per_min,

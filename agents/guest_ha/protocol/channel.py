@@ -49,9 +49,10 @@ class ChannelLimits:
     max_output_bytes: int = 64 * 1024
     log_rate: float = 1.0
     log_burst: float = 5.0
-    event_rate_per_min: float = 5.0
-    """Guest-triggered informational events (``registered``, ``exit``, channel-loss
-    ``suspended``) passed on per minute; faults and recoveries are never limited."""
+    event_rate_per_min: float = 4.0
+    """Events a guest can cause at will (``registered``, ``exit``, channel-loss
+    ``suspended``, and ``recovered``, which is held back, not lost) passed on per
+    minute; faults are never limited."""
     event_burst: float = 4.0
     misbehaving_quiet_s: float = 60.0
     """A ``misbehaving`` episode ends after this long without hitting any limit."""
@@ -277,8 +278,9 @@ class HostChannel:
     def take_events(self, now: Optional[float] = None) -> List[HeartbeatEvent]:
         """Events to report, with guest-triggered ones within the per-VM event limit.
 
-        Faults always pass. A ``recovered`` over the limit is held back; if the
-        same fault comes again meanwhile, both are dropped (the controller still
+        Faults always pass. A ``recovered`` (or an ``exit`` that clears a fault)
+        over the limit is held back; if the same fault comes again meanwhile, both
+        are dropped (the controller still
         sees the VM in that fault, which it was), else the recovery is reported
         once the limit allows. ``now`` defaults to each event's time."""
         events, self.heartbeat.events = self.heartbeat.events, []
@@ -296,7 +298,10 @@ class HostChannel:
                     self._pending_recovery = None
                 self._reported_fault = event.kind
                 out.append(event)
-            elif event.kind == RECOVERED:
+            elif event.kind == RECOVERED or (
+                event.kind == EXIT and event.detail.get("cleared_fault")
+            ):
+                # Both clear the reported fault: one budget, held back when over it.
                 if self._event_bucket.consume(at):
                     self._reported_fault = None
                     out.append(event)
@@ -317,8 +322,6 @@ class HostChannel:
     def _event_allowed(self, event: HeartbeatEvent, now: float) -> bool:
         if event.kind not in GUEST_TRIGGERED_EVENTS:
             return True
-        if event.kind == EXIT and event.detail.get("cleared_fault"):
-            return True  # it clears a fault the controller knows about
         if event.kind == SUSPENDED and event.detail.get("reason") != "channel_lost":
             return True  # a lifecycle operation the hypervisor reported
         if self._event_bucket.consume(now):
