@@ -120,3 +120,28 @@ def test_guest_footprint_bench_compares_both_daemons() -> None:
 def test_guest_c_fuzz_bench_runs() -> None:
     result = run_bench("bench/guest_c_fuzz.py", "--iterations", "3000")
     assert result["iterations"] == 3000 and result["findings"] == 0
+
+
+def test_hostile_guests_reports_its_fields() -> None:
+    result = run_bench(
+        "bench/hostile_guests.py",
+        "--good",
+        "3",
+        "--interval-ms",
+        "100",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+    )
+    for key in (
+        "false_faults",
+        "agent_cpu_percent",
+        "agent_rss_growth_kib",
+        "events_from_hostile",
+        "nacks_sent_by_kind",
+    ):
+        assert key in result, key
+    assert result["false_faults"] == 0
+    assert set(result["events_from_hostile"]) == set(result["hostile_kinds"])
+    assert "flood" in result["hostile_kinds"] and "slowloris" in result["hostile_kinds"]

@@ -83,7 +83,8 @@ def test_timeout_kills_process_group(tmp_path):
     result = runner.results["hang.sh"]
     assert not result.healthy
     assert result.reason.startswith("timed out after 300 ms")
-    assert runner.counters["timeouts"] == 1
+    assert runner.counters["timeouts"] == 2  # the first timeout is confirmed by a re-run
+    assert runner.counters["timeouts_retried"] == 1
     child = int(marker.read_text())
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
@@ -166,3 +167,51 @@ def test_status_lists_checks(tmp_path):
     assert entry["name"] == "ok.sh"
     assert entry["healthy"] is True
     assert entry["exit_code"] == 0
+
+
+def test_clock_jump_across_a_slow_check_is_not_a_timeout(tmp_path):
+    """The VM is paused for 3 s (its clock jumps) while a 0.5 s check runs under a
+    2 s limit: the check is not killed and stays healthy."""
+    _script(tmp_path, "slow.sh", "sleep 0.5")
+    runner = CheckRunner(str(tmp_path), 10.0, 2.0, LOG, 100.0)
+    runner.tick(100.0)
+    assert "slow.sh" in runner.running
+    assert runner.next_deadline(100.0) <= 100.2
+    runner.tick(103.0)  # resumed: 3 s of "time" passed in no real time
+    assert "slow.sh" in runner.running, runner.results
+    assert runner.counters["clock_jumps"] == 1
+    resumed = time.monotonic()
+    while "slow.sh" not in runner.results and time.monotonic() < resumed + 5:
+        fake = 103.0 + time.monotonic() - resumed  # the clock runs normally again
+        runner.next_deadline(fake)
+        time.sleep(0.05)
+        runner.tick(103.0 + time.monotonic() - resumed)
+    assert runner.results["slow.sh"].healthy, runner.results["slow.sh"]
+    assert runner.counters["timeouts"] == 0
+    runner.stop()
+
+
+def test_a_hung_check_is_reported_after_a_confirming_rerun(tmp_path):
+    """Ticked on time, a hung check times out at 2 s, is run again at once, and
+    its second timeout (at 4 s) is reported: no clock jump is involved."""
+    _script(tmp_path, "hang.sh", "sleep 30")
+    runner = CheckRunner(str(tmp_path), 10.0, 2.0, LOG, 100.0)
+    runner.tick(100.0)
+    fake = 100.0
+    while "hang.sh" not in runner.results and fake < 105.0:
+        fake = runner.next_deadline(fake)
+        runner.tick(fake)
+    assert not runner.results["hang.sh"].healthy
+    assert runner.results["hang.sh"].reason.startswith("timed out after 2000 ms")
+    assert runner.counters["clock_jumps"] == 0
+    assert runner.counters["timeouts_retried"] == 1
+    assert 104.0 <= fake < 104.3
+    # Once unhealthy, a further timeout is reported without a re-run.
+    runner._next_round = fake
+    runner.tick(fake)
+    end = fake + 2.5
+    while fake < end:
+        fake = runner.next_deadline(fake)
+        runner.tick(fake)
+    assert runner.counters["timeouts_retried"] == 1 and runner.counters["timeouts"] == 3
+    runner.stop()

@@ -83,7 +83,7 @@ def test_mistyped_version_is_invalid_envelope(version):
     assert info.value.msg_type == "status_query"
 
 
-@pytest.mark.parametrize("version", [0, 2, -1, 10**30])
+@pytest.mark.parametrize("version", [0, 2, -1, 2**53 - 1])
 def test_unsupported_version(version):
     with pytest.raises(UnsupportedVersion) as info:
         decode_envelope(raw(good(version=version)))

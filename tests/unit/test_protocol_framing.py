@@ -215,7 +215,7 @@ SEQ = st.integers(0, 2**53 - 1)
 JSON_LEAF = (
     st.none()
     | st.booleans()
-    | st.integers(-(2**63), 2**63)
+    | st.integers(-(2**53 - 1), 2**53 - 1)  # I-JSON range (§4.3)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20)
 )

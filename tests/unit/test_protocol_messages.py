@@ -413,7 +413,7 @@ PRINTABLE = st.text(
 JSON = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers(-(10**20), 10**20)
+    | st.integers(-(2**53 - 1), 2**53 - 1)  # I-JSON range (§4.3)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=30),
     lambda inner: (

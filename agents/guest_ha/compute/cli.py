@@ -78,12 +78,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 2
         _enable_recovery(engine, config, monitor)
         monitor.start()
+    metrics = None
+    if config.metrics_listen:
+        from .metrics import MetricsServer
+
+        depth = (lambda: link.forwarder.spool.depth) if link is not None else None
+        try:
+            metrics = MetricsServer(engine, config.metrics_listen, depth).start()
+        except OSError as exc:
+            print(
+                f"guest-ha-compute: metrics_listen {config.metrics_listen}: {exc}", file=sys.stderr
+            )
+            return 2
     from ..runtime import freeze_startup_heap
 
     freeze_startup_heap()
     try:
         engine.run()
     finally:
+        if metrics is not None:
+            metrics.close()
         if monitor is not None:
             monitor.stop()
         if link is not None:

@@ -42,6 +42,8 @@ class VmSpec:
 class ReconnectPolicy:
     initial_s: float = 0.1
     max_s: float = 5.0
+    stable_s: float = 10.0
+    """A connection must stay up this long before the backoff resets."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ class ComputeConfig:
     """The host's recovery policy (off by default; domains may override it)."""
     status_socket: Optional[str] = DEFAULT_STATUS_SOCKET
     log_level: str = "info"
+    metrics_listen: Optional[str] = None
+    """``host:port`` of the Prometheus endpoint (``:port``: loopback); None disables."""
 
 
 def looks_like_uuid(text: str) -> bool:
@@ -233,6 +237,8 @@ def parse_config(raw: Any) -> ComputeConfig:
     reconnect = _section(ReconnectPolicy, raw.get("reconnect"), "reconnect")
     if not 0 < reconnect.initial_s <= reconnect.max_s:
         raise ConfigError("reconnect: need 0 < initial_s <= max_s")
+    if reconnect.stable_s < 0:
+        raise ConfigError("reconnect: stable_s must not be negative")
     return ComputeConfig(
         vms=_vms(raw.get("vms")),
         socket_dir=socket_dir,
@@ -246,6 +252,7 @@ def parse_config(raw: Any) -> ComputeConfig:
         recovery=_recovery(raw.get("recovery")),
         status_socket=status_socket,
         log_level=level,
+        metrics_listen=_metrics_listen(raw.get("metrics_listen")),
     )
 
 
@@ -262,3 +269,15 @@ def load_config(path: str) -> ComputeConfig:
         return parse_config(raw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _metrics_listen(value: Any) -> Optional[str]:
+    if value is None or value == "":
+        return None
+    from .metrics import parse_listen
+
+    try:
+        parse_listen(str(value))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return str(value)

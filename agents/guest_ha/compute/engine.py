@@ -23,8 +23,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..protocol import SERVER_GROUP, HeartbeatEvent, HostChannel, Message, ProtocolError
 from ..protocol.heartbeat import HEARTBEAT_LOST
-from ..protocol.messages import HOST_TO_GUEST, make, nack
-from .config import ComputeConfig, VmSpec
+from ..protocol.messages import HOST_TO_GUEST, make
+from .backoff import ReconnectBackoff
+from .config import ComputeConfig, ReconnectPolicy, VmSpec
 from .sinks import EventSink, VmEvent
 
 LOG = logging.getLogger("guest_ha.compute")
@@ -33,6 +34,7 @@ READ_CHUNK = 64 * 1024
 CONFIRM_TIMEOUT_S = 1.0
 _RETRY_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ENOTSOCK, errno.EACCES)
 
+NOT_ENABLED = "server group messaging is not enabled for this VM"
 DISCONNECTED = "disconnected"
 CONNECTED = "connected"
 REMOVED = "removed"
@@ -41,12 +43,12 @@ REMOVED = "removed"
 class VmConnection:
     """One VM's socket, channel and bookkeeping."""
 
-    def __init__(self, spec: VmSpec, channel: HostChannel, initial_backoff: float) -> None:
+    def __init__(self, spec: VmSpec, channel: HostChannel, reconnect: ReconnectPolicy) -> None:
         self.spec = spec
         self.channel = channel
         self.sock: Optional[socket.socket] = None
         self.state = DISCONNECTED
-        self.backoff = initial_backoff
+        self.backoff = ReconnectBackoff(reconnect.initial_s, reconnect.max_s, reconnect.stable_s)
         self.read_paused = False
         self.scheduled_tick: Optional[float] = None
         self.held: List[HeartbeatEvent] = []
@@ -121,7 +123,7 @@ class HeartbeatEngine:
         if not spec.heartbeat:  # messaging only: no registration is expected
             policy = dataclasses.replace(policy, restart_timeout_s=0.0)
         channel = HostChannel(policy, self.config.limits, now)
-        vm = VmConnection(spec, channel, self.config.reconnect.initial_s)
+        vm = VmConnection(spec, channel, self.config.reconnect)
         vm.source = source
         self.vms[spec.uuid] = vm
         LOG.info("%s added %s, socket %s", vm.log_prefix, spec.name, spec.socket_path)
@@ -160,7 +162,7 @@ class HeartbeatEngine:
                 self._after_channel_activity(vm)
             vm.spec = spec
         if vm.state == DISCONNECTED:
-            vm.backoff = self.config.reconnect.initial_s
+            vm.backoff.reset()
             self._try_connect(vm, now)
 
     def lifecycle(self, uuid: str, action: str, reason: str) -> None:
@@ -344,14 +346,13 @@ class HeartbeatEngine:
             elif vm.last_error != exc.strerror:
                 LOG.info("%s waiting for %s: %s", vm.log_prefix, vm.spec.socket_path, exc.strerror)
             vm.last_error = exc.strerror or str(exc)
-            self._schedule(now + vm.backoff, "connect", vm.spec.uuid)
-            vm.backoff = min(vm.backoff * 2, self.config.reconnect.max_s)
+            self._schedule(now + vm.backoff.failed(), "connect", vm.spec.uuid)
             return
         vm.sock = sock
         vm.state = CONNECTED
         vm.connects += 1
         vm.last_error = ""
-        vm.backoff = self.config.reconnect.initial_s
+        vm.backoff.connected(now)
         self.selector.register(sock, selectors.EVENT_READ, ("vm", vm.spec.uuid))
         LOG.info("%s channel connected", vm.log_prefix)
         vm.channel.connection_made(now)
@@ -375,7 +376,7 @@ class HeartbeatEngine:
         vm.state = DISCONNECTED
         vm.channel.connection_lost(now)
         self._after_channel_activity(vm)
-        self._schedule(now + vm.backoff, "connect", vm.spec.uuid)
+        self._schedule(now + vm.backoff.lost(now), "connect", vm.spec.uuid)
 
     def _on_ready(self, vm: VmConnection, mask: int) -> None:
         now = self.clock()
@@ -428,31 +429,21 @@ class HeartbeatEngine:
             # Already validated and rate-limited by the channel; the VM's identity
             # is the channel's, never anything in the message.
             inbox, channel.server_group_inbox = channel.server_group_inbox, []
+            now = self.clock()
             for msg in inbox:
                 if msg.msg_type == "nack":
-                    LOG.info(
-                        "%s guest nacked %s: %s",
-                        vm.log_prefix,
-                        msg["orig_msg_type"],
-                        msg["log_msg"],
-                    )
+                    channel.log(now, f"guest nacked {msg['orig_msg_type']}: {msg['log_msg']}")
                 elif vm.spec.server_group_messaging and self.sg_relay is not None:
                     self.sg_relay(vm.spec, msg)
                 else:
-                    channel.queue(
-                        nack(
-                            SERVER_GROUP,
-                            msg.msg_type,
-                            "not_enabled: server group messaging is not enabled for this VM",
-                        )
-                    )
-        for event in channel.take_events():
+                    channel.reject(now, SERVER_GROUP, msg.msg_type, "not_enabled", NOT_ENABLED)
+        for event in channel.take_events(self.clock()):
             if vm.held or (event.kind == HEARTBEAT_LOST and self.fault_confirmer is not None):
                 self._hold(vm, event)
             else:
                 self._emit(vm, event)
-        for line in channel.take_log():
-            LOG.warning("%s %s", vm.log_prefix, line)
+        for level, line in channel.take_log_records():
+            LOG.log(level, "%s %s", vm.log_prefix, line)
         if channel.wants_write:
             self._dirty.add(vm.spec.uuid)
         self._reschedule_tick(vm)
@@ -476,7 +467,8 @@ class HeartbeatEngine:
                     "%s dropped a malformed delivery from the controller: %s", vm.log_prefix, exc
                 )
                 continue
-            if vm.channel.queue(msg):
+            is_nack = msg.msg_type == "nack"  # nacks go through the guest's nack limit
+            if vm.channel.relay_nack(self.clock(), msg) if is_nack else vm.channel.queue(msg):
                 self._dirty.add(vm.spec.uuid)
                 self.sg_delivered += 1
 
@@ -590,6 +582,9 @@ class HeartbeatEngine:
                     "challenges_sent": hb.challenges_sent,
                     "responses_ok": hb.responses_ok,
                     "counters": dict(vm.channel.counters),
+                    "nacks_by_code": dict(vm.channel.nacks_by_code),
+                    "misbehaving": vm.channel.is_misbehaving(now),
+                    "connects": vm.connects,
                     "read_paused": vm.read_paused,
                     "source": vm.source,
                     "lifecycle": vm.lifecycle_suspended or None,

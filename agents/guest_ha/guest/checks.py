@@ -3,7 +3,13 @@
 Each round starts every executable regular file of ``checks_dir`` (names
 starting with ``.`` are skipped) that is not still running from an earlier
 round. Exit status 0 means healthy. A check that outlives its time limit is
-killed with its whole process group and counts as unhealthy. Output (stdout and
+killed with its whole process group and counts as unhealthy. The time limit
+counts only time the daemon saw pass: a gap in its own ticks longer than
+``CLOCK_JUMP_S`` (the VM was paused and the clock jumped) extends the deadline of
+every running check by that gap. And a check that times out after a healthy run
+(or on its first run) is run once more at once; only a second timeout in a row
+is reported. A pause of the VM is thus never reported as a slow check, and a
+hung check is reported after at most twice its time limit. Output (stdout and
 stderr together) is captured up to a bound; its first line goes into the reason.
 
 The caller's event loop polls :meth:`CheckRunner.poll_fds`, passes events to
@@ -27,6 +33,10 @@ MAX_CHECKS = 64
 REASON_CHARS = 200
 _EXIT_POLL_S = 0.02
 _RUNNING_POLL_S = 0.2
+CLOCK_JUMP_S = 0.5
+"""A tick this much later than :meth:`CheckRunner.next_deadline` asked for means the
+daemon did not run meanwhile (VM paused from outside, host stall, migration): that
+time is not charged to the checks that were running."""
 
 
 @dataclass
@@ -58,6 +68,8 @@ class _Run:
         self.output = bytearray()
         self.truncated = False
         self.pipe_open = proc.stdout is not None
+        self.retry = False
+        """This run re-runs a check whose previous run timed out after a healthy one."""
         self.fd = proc.stdout.fileno() if proc.stdout is not None else -1
 
     def read_pipe(self) -> None:
@@ -110,7 +122,15 @@ class CheckRunner:
         self._next_round = now
         self._dir_problem: Optional[str] = None
         self._too_many_logged = False
-        self.counters = {"rounds": 0, "runs": 0, "failures": 0, "timeouts": 0}
+        self.counters = {
+            "rounds": 0,
+            "runs": 0,
+            "failures": 0,
+            "timeouts": 0,
+            "timeouts_retried": 0,
+            "clock_jumps": 0,
+        }
+        self._expected_tick: Optional[float] = None
 
     # -- discovery -------------------------------------------------------------------
     def discover(self) -> List[str]:
@@ -156,6 +176,7 @@ class CheckRunner:
 
     # -- scheduling ------------------------------------------------------------------
     def tick(self, now: float) -> None:
+        self._discount_clock_jump(now)
         for run in list(self.running.values()):
             code = run.proc.poll()
             if code is not None:
@@ -176,7 +197,25 @@ class CheckRunner:
             times.append(now + (_RUNNING_POLL_S if run.pipe_open else _EXIT_POLL_S))
         if self._reaping:
             times.append(now + _RUNNING_POLL_S)
-        return min(times)
+        deadline = min(times)
+        self._expected_tick = deadline if self.running else None
+        return deadline
+
+    def _discount_clock_jump(self, now: float) -> None:
+        """Extend running checks' deadlines by the lateness of this tick."""
+        expected, self._expected_tick = self._expected_tick, None
+        if expected is None or now - expected <= CLOCK_JUMP_S:
+            return
+        gap = now - expected
+        for run in self.running.values():
+            run.deadline += gap
+        if gap > CLOCK_JUMP_S:
+            self.counters["clock_jumps"] += 1
+            self.log.info(
+                "clock jumped %.1f s while %d check(s) ran (VM paused?): not charged to them",
+                gap,
+                len(self.running),
+            )
 
     def _start_round(self, now: float) -> None:
         self.counters["rounds"] += 1
@@ -253,6 +292,20 @@ class CheckRunner:
         run.close_pipe()
         del self.running[run.name]
         self._reaping.append(run.proc)
+        previous = self.results.get(run.name)
+        if not run.retry and (previous is None or previous.healthy):
+            # A VM paused from outside can stretch a check past its limit in ways
+            # the guest's clock does not show: confirm with one fresh run first.
+            self.counters["timeouts_retried"] += 1
+            self.log.info(
+                "check %s timed out after %d ms; running it again before reporting it",
+                run.name,
+                int(self.timeout_s * 1000),
+            )
+            self._start(run.name, now)
+            if run.name in self.running:
+                self.running[run.name].retry = True
+            return
         line = run.first_line()
         reason = f"timed out after {int(self.timeout_s * 1000)} ms"
         if line:

@@ -8,13 +8,24 @@ clock values; both hand back bytes to write, events and rate-limited log lines.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .envelope import HEARTBEAT, SERVER_GROUP, decode_envelope
 from .errors import ProtocolError, RateLimited
 from .framing import MAX_FRAME_BYTES, FrameDecoder
-from .heartbeat import GuestHeartbeat, HeartbeatEvent, HostHeartbeat, HostPolicy, _default_nonce
+from .heartbeat import (
+    EXIT,
+    RECOVERED,
+    REGISTERED,
+    SUSPENDED,
+    GuestHeartbeat,
+    HeartbeatEvent,
+    HostHeartbeat,
+    HostPolicy,
+    _default_nonce,
+)
 from .messages import GUEST_TO_HOST, HOST_TO_GUEST, Message, nack, validate
 from .ratelimit import TokenBucket
 
@@ -38,6 +49,13 @@ class ChannelLimits:
     max_output_bytes: int = 64 * 1024
     log_rate: float = 1.0
     log_burst: float = 5.0
+    event_rate_per_min: float = 4.0
+    """Events a guest can cause at will (``registered``, ``exit``, channel-loss
+    ``suspended``, and ``recovered``, which is held back, not lost) passed on per
+    minute; faults are never limited."""
+    event_burst: float = 4.0
+    misbehaving_quiet_s: float = 60.0
+    """A ``misbehaving`` episode ends after this long without hitting any limit."""
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -48,25 +66,36 @@ class ChannelLimits:
 
 
 class _Limited:
-    """Log lines at a bounded rate, counting what was suppressed."""
+    """Log lines at a bounded rate (one budget for every level), counting what was
+    suppressed."""
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self._bucket = TokenBucket(rate, burst, now)
         self.suppressed = 0
-        self.lines: List[str] = []
+        self.records: List[Tuple[int, str]] = []
 
-    def add(self, now: float, line: str) -> None:
+    def add(self, now: float, line: str, level: int = logging.WARNING) -> bool:
         if self._bucket.consume(now):
             if self.suppressed:
                 line += f" ({self.suppressed} similar message(s) suppressed)"
                 self.suppressed = 0
-            self.lines.append(line)
-        else:
-            self.suppressed += 1
+            self.records.append((level, line))
+            return True
+        self.suppressed += 1
+        return False
+
+    def take_records(self) -> List[Tuple[int, str]]:
+        records, self.records = self.records, []
+        return records
 
     def take(self) -> List[str]:
-        lines, self.lines = self.lines, []
-        return lines
+        return [line for _, line in self.take_records()]
+
+
+#: Events a guest can cause at will (by re-registering, exiting, or making its
+#: channel flap); they are rate limited per VM. Faults and ``recovered`` never are.
+GUEST_TRIGGERED_EVENTS = frozenset({REGISTERED, EXIT, SUSPENDED})
+MISBEHAVING = "misbehaving"
 
 
 class HostChannel:
@@ -89,6 +118,11 @@ class HostChannel:
         self._error_bucket = TokenBucket(limits.error_rate, limits.error_burst, now)
         self._read_bucket = TokenBucket(limits.read_bytes_per_s, limits.read_burst_bytes, now)
         self._log = _Limited(limits.log_rate, limits.log_burst, now)
+        self._event_bucket = TokenBucket(limits.event_rate_per_min / 60.0, limits.event_burst, now)
+        self._misbehaving_until: Optional[float] = None
+        self._notices: List[HeartbeatEvent] = []
+        self._reported_fault: Optional[str] = None
+        self._pending_recovery: Optional[HeartbeatEvent] = None
         self._out = bytearray()
         self.server_group_inbox: List[Message] = []
         self.counters: Dict[str, int] = {
@@ -97,8 +131,13 @@ class HostChannel:
             "bad_frames": 0,
             "rate_limited": 0,
             "nacks_sent": 0,
+            "nacks_suppressed": 0,
             "output_dropped": 0,
+            "events_suppressed": 0,
+            "read_pauses": 0,
+            "misbehaving_episodes": 0,
         }
+        self.nacks_by_code: Dict[str, int] = {}
 
     # -- connection ---------------------------------------------------------------
     def connection_made(self, now: float) -> None:
@@ -119,7 +158,11 @@ class HostChannel:
         return int(self._read_bucket.available(now))
 
     def resume_reading_at(self, now: float) -> float:
-        """When reading a paused guest may resume (a full frame's worth of budget)."""
+        """When reading a paused guest may resume (a full frame's worth of budget).
+
+        The shell calls this when it pauses reading, so it also counts the pause."""
+        self.counters["read_pauses"] += 1
+        self._limit_hit(now, "read_bytes")
         return self._read_bucket.refill_time(now, self.limits.max_frame)
 
     def receive_data(self, data: bytes, now: float) -> None:
@@ -140,6 +183,7 @@ class HostChannel:
             msg = validate(envelope, GUEST_TO_HOST)
             if not self._app_buckets[app].consume(now):
                 self.counters["rate_limited"] += 1
+                self._limit_hit(now, f"{app}_rate")
                 raise RateLimited(f"{app} rate limit exceeded, message dropped", msg.msg_type)
             self.counters["frames_in"] += 1
             if app == HEARTBEAT:
@@ -148,11 +192,58 @@ class HostChannel:
                 self.server_group_inbox.append(msg)
         except ProtocolError as exc:
             self.counters["bad_frames"] += 1
-            if self._error_bucket.consume(now):
-                self._log.add(now, f"rejected {exc.msg_type or 'frame'}: {exc.code}: {exc.message}")
-                if exc.msg_type != "nack":  # a nack is never answered with a nack
-                    self.queue(nack(app, exc.msg_type, f"{exc.code}: {exc.message}"))
-                    self.counters["nacks_sent"] += 1
+            self.reject(now, app, exc.msg_type, exc.code, exc.message)
+
+    def reject(self, now: float, app: str, msg_type: str, code: str, text: str) -> bool:
+        """Answer a rejected PDU with a nack and a log line, within the nack limit
+        (§7, §8); return whether the nack was queued. Every rejection the host
+        makes goes through here, including the application's (``not_enabled``)."""
+        if not self._error_bucket.consume(now):
+            self.counters["nacks_suppressed"] += 1
+            self._limit_hit(now, "nacks")
+            return False
+        self._log.add(now, f"rejected {msg_type or 'frame'}: {code}: {text}")
+        if msg_type == "nack":  # a nack is never answered with a nack
+            return False
+        return self._send_nack(nack(app, msg_type, f"{code}: {text}"))
+
+    def relay_nack(self, now: float, msg: Message) -> bool:
+        """Pass on a nack someone else (the controller) made for this guest, within
+        the same per-channel nack limit as the host's own nacks."""
+        if not self._error_bucket.consume(now):
+            self.counters["nacks_suppressed"] += 1
+            self._limit_hit(now, "nacks")
+            return False
+        return self._send_nack(msg)
+
+    def _send_nack(self, msg: Message) -> bool:
+        code = str(msg["log_msg"]).split(": ", 1)[0][:32]
+        if not self.queue(msg):
+            return False
+        self.counters["nacks_sent"] += 1
+        self.nacks_by_code[code] = self.nacks_by_code.get(code, 0) + 1
+        return True
+
+    def log(self, now: float, line: str, level: int = logging.INFO) -> None:
+        """A log line about this guest, under the per-VM log limit (§8)."""
+        self._log.add(now, line, level)
+
+    def _limit_hit(self, now: float, limit: str) -> None:
+        """Start (or extend) a ``misbehaving`` episode: one event per episode."""
+        if self._misbehaving_until is None or now >= self._misbehaving_until:
+            self.counters["misbehaving_episodes"] += 1
+            detail = {
+                "limit": limit,
+                "counters": dict(self.counters),
+                "quiet_s": self.limits.misbehaving_quiet_s,
+            }
+            self._notices.append(HeartbeatEvent(MISBEHAVING, now, detail))
+            self._log.add(now, f"misbehaving: exceeded the {limit} limit", logging.WARNING)
+        self._misbehaving_until = now + self.limits.misbehaving_quiet_s
+
+    def is_misbehaving(self, now: float) -> bool:
+        """Whether a limit was hit within the last ``misbehaving_quiet_s``."""
+        return self._misbehaving_until is not None and now < self._misbehaving_until
 
     # -- time ---------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -184,12 +275,67 @@ class HostChannel:
     def wants_write(self) -> bool:
         return bool(self._out)
 
-    def take_events(self) -> List[HeartbeatEvent]:
+    def take_events(self, now: Optional[float] = None) -> List[HeartbeatEvent]:
+        """Events to report, with guest-triggered ones within the per-VM event limit.
+
+        Faults always pass. A ``recovered`` (or an ``exit`` that clears a fault)
+        over the limit is held back; if the same fault comes again meanwhile, both
+        are dropped (the controller still
+        sees the VM in that fault, which it was), else the recovery is reported
+        once the limit allows. ``now`` defaults to each event's time."""
         events, self.heartbeat.events = self.heartbeat.events, []
-        return events
+        out: List[HeartbeatEvent] = []
+        at = now
+        for event in events:
+            at = event.at if now is None else now
+            if event.is_fault:
+                if self._pending_recovery is not None:
+                    if event.kind == self._reported_fault:
+                        self._pending_recovery = None  # recovered + same fault: coalesced
+                        self.counters["events_suppressed"] += 2
+                        continue
+                    out.append(self._pending_recovery)
+                    self._pending_recovery = None
+                self._reported_fault = event.kind
+                out.append(event)
+            elif event.kind == RECOVERED or (
+                event.kind == EXIT and event.detail.get("cleared_fault")
+            ):
+                # Both clear the reported fault: one budget, held back when over it.
+                if self._event_bucket.consume(at):
+                    self._reported_fault = None
+                    out.append(event)
+                else:
+                    self._pending_recovery = event
+                    self._limit_hit(at, "events")
+            elif self._event_allowed(event, at):
+                if event.kind == EXIT:
+                    self._reported_fault, self._pending_recovery = None, None
+                out.append(event)
+        pending = self._pending_recovery
+        if pending is not None and at is not None and self._event_bucket.consume(at):
+            out.append(pending)
+            self._pending_recovery = self._reported_fault = None
+        notices, self._notices = self._notices, []  # after filtering: it may add one
+        return out + notices
+
+    def _event_allowed(self, event: HeartbeatEvent, now: float) -> bool:
+        if event.kind not in GUEST_TRIGGERED_EVENTS:
+            return True
+        if event.kind == SUSPENDED and event.detail.get("reason") != "channel_lost":
+            return True  # a lifecycle operation the hypervisor reported
+        if self._event_bucket.consume(now):
+            return True
+        self.counters["events_suppressed"] += 1
+        self._limit_hit(now, "events")
+        return False
 
     def take_log(self) -> List[str]:
         return self._log.take()
+
+    def take_log_records(self) -> List[Tuple[int, str]]:
+        """Log lines as (level, text), all levels under one per-VM limit."""
+        return self._log.take_records()
 
     # -- lifecycle (from the hypervisor side) ----------------------------------------
     def suspend(self, now: float, reason: str) -> None:

@@ -10,7 +10,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 from .errors import InvalidEnvelope, MalformedFrame, UnknownAddress, UnsupportedVersion
 from .framing import MAX_FRAME_BYTES, encode_frame
@@ -23,6 +23,12 @@ SERVER_GROUP = "server_group"
 ADDRESSES = (HEARTBEAT, SERVER_GROUP)
 
 _ENVELOPE_KEYS = ("version", "source_addr", "dest_addr", "data")
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects and arrays in a payload; the envelope object is depth 1,
+``data`` depth 2 (docs/protocol.md §4.3)."""
+MAX_SAFE_INTEGER = 2**53 - 1
+"""Integer literals must lie within +-(2^53 - 1), exact in a double (RFC 7493, I-JSON)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,50 @@ class Envelope:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"JSON constant {name} is not allowed")
+
+
+def _parse_safe_int(text: str) -> int:
+    # A 400-digit integer would be accepted by Python and turn into a float (or
+    # fail) in most other languages: reject what a double cannot hold exactly.
+    if len(text.lstrip("-")) > 16:
+        raise ValueError("integer out of range (more than 16 digits)")
+    value = int(text)
+    if abs(value) > MAX_SAFE_INTEGER:
+        raise ValueError("integer out of range (beyond 2^53-1)")
+    return value
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {_short(key, 40)!r}")
+            seen.add(key)
+    return obj
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether objects/arrays nest deeper than ``limit`` outside string literals.
+
+    Checked before parsing, so the limit is the same for every implementation and
+    no parser recursion depth is ever reached."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for match in _BRACKET.finditer(_STRING.sub('""', text)):
+        if match.group() in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def _parse_finite_float(text: str) -> float:
@@ -61,7 +111,17 @@ def parse_json_object(frame: bytes) -> Dict[str, Any]:
     """Parse one frame as a UTF-8 JSON object; raise :class:`MalformedFrame`."""
     try:
         text = frame.decode("utf-8")
-        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_finite_float)
+        if text.startswith("\ufeff"):
+            raise ValueError("byte-order mark before the JSON text")
+        if json_depth_exceeds(text):
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        obj = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_parse_finite_float,
+            parse_int=_parse_safe_int,
+            object_pairs_hook=_unique_keys,
+        )
         if _SURROGATE_ESCAPE.search(text):
             try:
                 json.dumps(obj, ensure_ascii=False).encode("utf-8")

@@ -110,6 +110,7 @@ class HostHeartbeat:
         self.challenges_sent = 0
         self.responses_ok = 0
         self.stale_responses = 0
+        self.missed_total = 0
         self._nonce = ""
         self._answered = True
         self._challenge_sent_at = 0.0
@@ -215,6 +216,7 @@ class HostHeartbeat:
         ):
             if not self._answered:
                 self.misses += 1
+                self.missed_total += 1
                 if self.misses >= self.policy.missed_threshold and self.health != HEARTBEAT_LOST:
                     age = None if self.last_response_at is None else now - self.last_response_at
                     self._set_health(
@@ -481,6 +483,10 @@ class GuestHeartbeat:
         self.state = self.EXITED
 
     def _send_init(self, now: float) -> None:
+        # Until an init_ack says otherwise, the effective interval is the one asked
+        # for (docs/protocol.md §6.4): a previous host's answer no longer holds.
+        if self.state == self.REGISTERING:
+            self.effective_interval_ms = self.interval_ms
         if self.host_present:
             self.outbox.append(self._init_message())
         self._next_init = now + self.init_retry_s

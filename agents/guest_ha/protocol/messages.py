@@ -10,11 +10,19 @@ a PDU only the host may send, and vice versa. Unknown extra fields are ignored
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from .envelope import HEARTBEAT, SERVER_GROUP, Envelope, encode_envelope
+from .envelope import (
+    HEARTBEAT,
+    MAX_JSON_DEPTH,
+    MAX_SAFE_INTEGER,
+    SERVER_GROUP,
+    Envelope,
+    encode_envelope,
+)
 from .errors import InvalidField, UnknownMessageType
 
 GUEST_TO_HOST = "guest_to_host"
@@ -79,12 +87,35 @@ def _json_value(max_bytes: int, *, object_only: bool = False) -> Validator:
     def check(name: str, value: Any) -> Any:
         if object_only and not isinstance(value, dict):
             raise InvalidField(f"{name} must be an object")
+        problem = _json_problem(value, 3)  # data's members start at depth 3
+        if problem:
+            raise InvalidField(f"{name} {problem}")
         size = len(json_size_bytes(value))
         if size > max_bytes:
             raise InvalidField(f"{name} is {size} bytes, over the {max_bytes}-byte limit")
         return value
 
     return check
+
+
+def _json_problem(value: Any, depth: int) -> str:
+    """Why ``value`` (a container at ``depth``) breaks §4.3, or ``""``; what a receiver
+    would reject as ``malformed_json`` is refused here before it is sent."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return ""
+    if isinstance(value, int):
+        return "" if abs(value) <= MAX_SAFE_INTEGER else "holds an integer beyond 2^53-1"
+    if isinstance(value, float):
+        return "" if math.isfinite(value) else "holds a non-finite number"
+    if isinstance(value, (dict, list)):
+        if depth > MAX_JSON_DEPTH:
+            return f"nests deeper than {MAX_JSON_DEPTH} levels"
+        items = value.values() if isinstance(value, dict) else value
+        for item in items:
+            problem = _json_problem(item, depth + 1)
+            if problem:
+                return problem
+    return ""
 
 
 def json_size_bytes(value: Any) -> bytes:

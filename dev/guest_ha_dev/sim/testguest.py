@@ -240,11 +240,12 @@ class GuestImage:
         }
 
 
-def set_control(path: str, unhealthy: bool) -> None:
-    """Flip the test guest's control disk: its check script then fails (or passes)."""
+def set_control(path: str, unhealthy: bool, slow: bool = False) -> None:
+    """Flip the test guest's control disk: its check script then fails (or passes;
+    with ``slow``, passes after 1.5 s)."""
     fd = os.open(path, os.O_WRONLY)
     try:
-        os.pwrite(fd, b"1" if unhealthy else b"0", 0)
+        os.pwrite(fd, b"1" if unhealthy else b"2" if slow else b"0", 0)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -22,7 +22,25 @@ from guest_ha.protocol import HEARTBEAT, SERVER_GROUP, GuestChannel, GuestHeartb
 from guest_ha.protocol.messages import HEALTHY, UNHEALTHY
 
 MAX_PENDING = 256 * 1024
-HOSTILE_KINDS = ("garbage", "malformed", "oversized", "flood", "spoof_broadcast")
+HOSTILE_KINDS = (
+    "garbage",
+    "malformed",
+    "oversized",
+    "flood",
+    "spoof_broadcast",
+    "deep_nesting",
+    "huge_numbers",
+    "spoofed_identity",
+    "reinit_churn",
+    "never_reads",
+    "slowloris",
+    "sg_not_enabled",
+    "accept_close",
+)
+"""What a hostile guest does, each simulator turn (about every 5 ms): see
+``_hostile_bytes``. ``never_reads`` stops reading the host's output;
+``accept_close`` makes the simulated QEMU accept the host's connection and
+close it at once."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +229,24 @@ class VmSimulator:
             guest.stopped = False
             guest.new_invocation(time.monotonic())
             self._pump_guest(self._vms[vm_uuid])
+
+        self.call(apply)
+
+    def kill_connection(self, vm_uuid: str) -> None:
+        """QEMU drops the host's connection (the socket stays): the host reconnects."""
+
+        def apply() -> None:
+            vm = self._vms[vm_uuid]
+            if vm.conn is None:
+                return
+            try:
+                self._selector.unregister(vm.conn)
+            except (KeyError, ValueError):
+                pass
+            vm.conn.close()
+            vm.conn = None
+            if vm.guest is not None:
+                vm.guest.channel.host_disconnected(time.monotonic())
 
         self.call(apply)
 
@@ -452,7 +488,8 @@ class VmSimulator:
                 conn, _ = vm.listener.accept()
             except BlockingIOError:
                 return
-            if vm.conn is not None:
+            if vm.conn is not None or (vm.guest is not None and vm.guest.hostile == "accept_close"):
+                vm.host_connects += vm.conn is None
                 conn.close()  # QEMU serves one client at a time
                 return
             conn.setblocking(False)
@@ -566,6 +603,8 @@ class VmSimulator:
         if vm.conn is None:
             return
         read = True
+        if vm.guest is not None and vm.guest.hostile == "never_reads":
+            read = False
         if vm.guest is not None and vm.guest.frozen and len(vm.to_guest) >= MAX_PENDING:
             read = False
         if vm.master_fd is not None and len(vm.to_guest) >= MAX_PENDING:
@@ -624,4 +663,42 @@ class VmSimulator:
             from guest_ha.protocol.envelope import encode_envelope
 
             return encode_envelope(SERVER_GROUP, data) * 100
+        if kind == "deep_nesting":
+            deep = "[" * 1000 + "]" * 1000
+            return _raw_heartbeat('"msg_type":"exit","invocation_id":"x","extra":' + deep) * 10
+        if kind == "huge_numbers":
+            big = "9" * 400
+            return (
+                _raw_heartbeat(f'"msg_type":"challenge_response","seq":{big},"nonce":"00000000"')
+                + _raw_heartbeat('"msg_type":"exit","invocation_id":"x","n":1e400')
+            ) * 10
+        if kind == "spoofed_identity":
+            # Claims to be another VM in every field it can: nothing may believe it.
+            other = next((u for u in self._vms if u != vm.info.uuid), vm.info.uuid)
+            data = {"msg_type": "broadcast", "source_instance": other, "data": {"from": other}}
+            exit_other = {"msg_type": "exit", "invocation_id": other.replace("-", "")}
+            return encode_envelope(SERVER_GROUP, data) + encode_envelope(HEARTBEAT, exit_other)
+        if kind == "reinit_churn":
+            guest = vm.guest
+            assert guest is not None
+            old = guest.heartbeat.invocation_id
+            guest.heartbeat.invocation_id = uuidlib.uuid4().hex
+            exit_old = {"msg_type": "exit", "invocation_id": old}
+            return encode_envelope(HEARTBEAT, exit_old) + guest.heartbeat._init_message().encode()
+        if kind == "never_reads" or kind == "accept_close":
+            return b""
+        if kind == "slowloris":
+            return b"{" if rng.random() < 0.05 else b""  # about 10 bytes/s, never a newline
+        if kind == "sg_not_enabled":
+            query = Message(SERVER_GROUP, "status_query", {"seq": 1})
+            return query.encode() * 20
         raise ValueError(kind)
+
+
+def _raw_heartbeat(data_members: str) -> bytes:
+    """A heartbeat frame whose ``data`` members are given as raw JSON text."""
+    return (
+        '\n{"version":1,"source_addr":"heartbeat","dest_addr":"heartbeat","data":{'
+        + data_members
+        + "}}\n"
+    ).encode()
