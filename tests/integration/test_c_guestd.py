@@ -15,7 +15,7 @@ from typing import Iterator, List
 import pytest
 
 from c_guest_support import c_guestd
-from guest_ha.guest.client import HealthClient
+from guest_ha.guest.client import HealthApiError, HealthClient
 from guest_ha_dev.sim import SimVmInfo, VmSimulator
 from guest_ha_dev.sim.harness import EngineProcess, start_guest_daemon, wait_until
 
@@ -64,6 +64,14 @@ def daemons() -> Iterator[List[CDaemon]]:
         daemon.stop()
 
 
+def nested_list(levels: int) -> list:
+    """``[[...[]...]]``: ``levels`` arrays, one inside the other."""
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
 def start_vms(sim: VmSimulator, short_tmp: str, daemons: List[CDaemon], count: int):
     vms = [sim.add_vm("pty", name=f"cguest-{i}") for i in range(count)]
     for vm in vms:
@@ -94,6 +102,12 @@ def test_c_daemon_registers_heartbeats_and_serves_the_python_client(
         )
         assert cli.returncode == 0, cli.stderr
         assert "registered" in cli.stdout
+        # docs/protocol.md 4.3: broadcast data is at depth 3 of the PDU, so the daemon
+        # sends 30 levels of nesting and refuses 31 rather than send a malformed_json PDU
+        with HealthClient(daemons[0].app_socket) as raw:
+            assert raw.request("sg_broadcast", data=nested_list(30))["bytes"] == 60
+            with pytest.raises(HealthApiError, match="nests 31 levels deep; at most 30"):
+                raw.request("sg_broadcast", data=nested_list(31))
         assert engine.faults() == []
 
 

@@ -478,7 +478,7 @@ static int name_ok(const gj_node *n)
     return 1;
 }
 
-static int is_int(const gj_node *n) { return n && n->type == GJ_INT && !n->ibig; }
+static int is_int(const gj_node *n) { return n && n->type == GJ_INT; }
 
 /* Returns 1 when the op deferred its reply. */
 static int run_op(gd_server *s, client_t *c, const gj_node *req, const gj_node *op,
@@ -656,6 +656,13 @@ static int run_op(gd_server *s, client_t *c, const gj_node *req, const gj_node *
             put_error(b, text, "too_large");
             gj_puts(b, ",\"limit\":3050,\"size\":");
             gj_put_int(b, (long long)size);
+            return -1;
+        }
+        if (gj_depth(d) > GH_JSON_MAX_DEPTH - 2) {
+            snprintf(text, sizeof text,
+                     "data nests %d levels deep; at most %d fit in a PDU (docs/protocol.md 4.3)",
+                     gj_depth(d), GH_JSON_MAX_DEPTH - 2);
+            put_error(b, text, "invalid");
             return -1;
         }
         if (!s->host_connected) {

@@ -1,11 +1,12 @@
 /* gh_json.h - a small, bounded JSON parser and compact writer (libguestha).
  *
  * Parses one JSON text (RFC 8259) into a flat node array allocated once, with
- * one node per value at most, so memory is O(input length). Strict: invalid
- * UTF-8, raw control characters in strings, escaped lone surrogates, NaN /
- * Infinity, numbers that overflow a double and nesting deeper than max_depth
- * are errors. Duplicate object keys: the last value wins, at the position of
- * the first (what Python's json module does).
+ * one node per value at most, so memory is O(input length). Strict, as
+ * docs/protocol.md 4.3 requires: invalid UTF-8 (a byte-order mark is not
+ * skipped), raw control characters in strings, escaped lone surrogates, NaN /
+ * Infinity, integer literals beyond +-(2^53-1), other numbers that overflow a
+ * double, duplicate object keys (compared after unescaping) and nesting
+ * deeper than max_depth (the outermost container is depth 1) are errors.
  *
  * The writer produces the protocol's "compact encoding" (docs/protocol.md 1.2):
  * no whitespace, raw UTF-8, only '"', '\\' and U+0000..U+001F escaped, floats
@@ -15,6 +16,9 @@
 #define GH_JSON_H
 
 #include <stddef.h>
+
+/* Largest integer literal magnitude accepted: 2^53 - 1 (docs/protocol.md 4.3). */
+#define GJ_MAX_SAFE_INT 9007199254740991LL
 
 typedef enum {
     GJ_NULL, GJ_FALSE, GJ_TRUE, GJ_INT, GJ_FLOAT, GJ_STRING, GJ_ARRAY, GJ_OBJECT
@@ -30,8 +34,7 @@ typedef struct gj_node {
     size_t len;
     size_t nchars;          /* string: length in code points */
     int has_ctrl;           /* string: holds U+0000..U+001F */
-    long long ival;         /* integer value (valid unless ibig) */
-    int ibig;               /* integer literal outside the int64 range */
+    long long ival;         /* integer value, within +-GJ_MAX_SAFE_INT */
     double dval;            /* float value */
 } gj_node;
 
@@ -67,6 +70,8 @@ void gj_put_string(gj_buf *b, const char *s, size_t n); /* quoted, escaped */
 void gj_put_int(gj_buf *b, long long v);
 void gj_put_value(gj_buf *b, const gj_node *n);          /* compact encoding */
 size_t gj_compact_size(const gj_node *n);
+/* Nesting depth of n: 0 for a scalar, 1 for an array or object of scalars. */
+int gj_depth(const gj_node *n);
 /* Deep equality (object member order ignored, ints/floats by value). */
 int gj_equal(const gj_node *a, const gj_node *b);
 

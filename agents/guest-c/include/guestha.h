@@ -20,7 +20,7 @@
 #define GH_MAX_BROADCAST_BYTES 3050
 #define GH_MAX_SEQ 9007199254740991LL
 #define GH_MAX_OUTPUT (64 * 1024)
-#define GH_JSON_MAX_DEPTH 128 /* deeper nesting is malformed_json (see docs/guest-c.md) */
+#define GH_JSON_MAX_DEPTH 32 /* MAX_JSON_DEPTH, envelope = 1; deeper is malformed_json (4.3) */
 
 enum gh_app { GH_HEARTBEAT = 0, GH_SERVER_GROUP = 1 };
 enum gh_dir { GH_GUEST_TO_HOST = 0, GH_HOST_TO_GUEST = 1 };

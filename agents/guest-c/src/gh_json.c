@@ -254,21 +254,16 @@ static int parse_number(parser *p, gj_node **out)
         if (isinf(n->dval) || isnan(n->dval))
             return fail(p, "number out of range");
     } else {
-        unsigned long long v = 0;
-        const unsigned long long limit = neg ? 9223372036854775808ULL : 9223372036854775807ULL;
+        /* docs/protocol.md 4.3: integer literals within +-(2^53-1) */
+        long long v = 0;
         for (i = (size_t)neg; i < n->len; i++) {
-            unsigned d = (unsigned)(tmp[i] - '0');
-            if (v > (limit - d) / 10) {
-                n->ibig = 1;
-                break;
-            }
+            int d = tmp[i] - '0';
+            if (v > (GJ_MAX_SAFE_INT - d) / 10)
+                return fail(p, "integer beyond +-(2^53-1)");
             v = v * 10 + d;
         }
-        if (!n->ibig)
-            n->ival = neg ? (v == 9223372036854775808ULL ? (-9223372036854775807LL - 1)
-                                                        : -(long long)v)
-                          : (long long)v;
-        n->dval = n->ibig ? strtod(tmp, NULL) : (double)n->ival;
+        n->ival = neg ? -v : v;
+        n->dval = (double)n->ival;
     }
     *out = n;
     return 0;
@@ -302,7 +297,7 @@ static int parse_container(parser *p, gj_node **out, int depth, int is_obj)
     for (;;) {
         const char *key = NULL;
         size_t key_len = 0;
-        gj_node *v, *dup = NULL;
+        gj_node *v;
         skip_ws(p);
         if (is_obj) {
             if (p->pos >= p->len || p->s[p->pos] != '"')
@@ -318,28 +313,20 @@ static int parse_container(parser *p, gj_node **out, int depth, int is_obj)
         if (parse_value(p, &v, depth + 1))
             return -1;
         if (is_obj) {
-            gj_node *m;
+            /* docs/protocol.md 4.3: a repeated key (after unescaping) is an error;
+             * quadratic, but a frame holds at most a few hundred keys */
+            const gj_node *m;
             for (m = n->child; m; m = m->next)
-                if (m->key_len == key_len && memcmp(m->key, key, key_len) == 0) {
-                    dup = m;
-                    break;
-                }
+                if (m->key_len == key_len && memcmp(m->key, key, key_len) == 0)
+                    return fail(p, "duplicate key");
         }
-        if (dup) { /* last value wins, first position kept */
-            gj_node *keep_next = dup->next;
-            *dup = *v;
-            dup->next = keep_next;
-            dup->key = key;
-            dup->key_len = key_len;
-        } else {
-            v->key = key;
-            v->key_len = key_len;
-            if (last)
-                last->next = v;
-            else
-                n->child = v;
-            last = v;
-        }
+        v->key = key;
+        v->key_len = key_len;
+        if (last)
+            last->next = v;
+        else
+            n->child = v;
+        last = v;
         skip_ws(p);
         if (p->pos >= p->len)
             return fail(p, "unterminated container");
@@ -570,6 +557,18 @@ void gj_put_value(gj_buf *b, const gj_node *n)
     }
 }
 
+int gj_depth(const gj_node *n)
+{
+    const gj_node *c;
+    int deepest = 0, d;
+    if (n->type != GJ_ARRAY && n->type != GJ_OBJECT)
+        return 0;
+    for (c = n->child; c; c = c->next)
+        if ((d = gj_depth(c)) > deepest)
+            deepest = d;
+    return deepest + 1;
+}
+
 size_t gj_compact_size(const gj_node *n)
 {
     gj_buf b = {NULL, 0, 0, 0};
@@ -584,7 +583,7 @@ int gj_equal(const gj_node *a, const gj_node *b)
     int num_a = a->type == GJ_INT || a->type == GJ_FLOAT;
     int num_b = b->type == GJ_INT || b->type == GJ_FLOAT;
     if (num_a && num_b) {
-        if (a->type == GJ_INT && b->type == GJ_INT && !a->ibig && !b->ibig)
+        if (a->type == GJ_INT && b->type == GJ_INT)
             return a->ival == b->ival;
         return a->dval == b->dval;
     }

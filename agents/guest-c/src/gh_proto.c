@@ -198,7 +198,7 @@ const char *const *gh_spec_fields(int app, int dir, const char *msg_type)
     return p ? p->names : NULL;
 }
 
-static const gj_node empty_string = {GJ_STRING, NULL, NULL, NULL, 0, "", 0, 0, 0, 0, 0, 0};
+static const gj_node empty_string = {GJ_STRING, NULL, NULL, NULL, 0, "", 0, 0, 0, 0, 0};
 
 const gj_node *gh_field(const gh_msg *msg, const char *name)
 {
@@ -254,7 +254,7 @@ static const char *check_field(const fspec *f, const gj_node *v)
     case K_INT:
         if (v->type != GJ_INT)
             return "must be an integer";
-        if (v->ibig || v->ival < f->lo || v->ival > f->hi)
+        if (v->ival < f->lo || v->ival > f->hi)
             return "is out of range";
         return NULL;
     case K_CHOICE:
@@ -313,7 +313,7 @@ int gh_decode(const char *frame, size_t len, int dir, gj_doc *doc, gh_msg *msg, 
                 NULL);
         return -1;
     }
-    if (ver->ibig || ver->ival != 1) {
+    if (ver->ival != 1) {
         set_err(err, GH_UNSUPPORTED_VERSION, GH_HEARTBEAT, "version not supported (supported: 1)",
                 NULL);
         return -1;
@@ -473,7 +473,8 @@ int gh_enc_status_query(gj_buf *out, long long seq)
 int gh_enc_broadcast(gj_buf *out, const gj_node *data)
 {
     PDU_BUF;
-    if (gj_compact_size(data) > GH_MAX_BROADCAST_BYTES)
+    /* data sits at depth 3 of the envelope (docs/protocol.md 4.3) */
+    if (gj_compact_size(data) > GH_MAX_BROADCAST_BYTES || gj_depth(data) > GH_JSON_MAX_DEPTH - 2)
         return -1;
     open_pdu(&b, GH_SERVER_GROUP, "broadcast");
     key(&b, "data");
