@@ -28,6 +28,10 @@ What is not real, and why:
   helpers run ``privsep-helper`` directly and rootwrap is disabled
   (``[workarounds] disable_rootwrap``).
 
+- **The compute service row** is written before nova-compute first starts
+  (``nova_seed.py`` op ``service``): the libvirtd here is shared with other
+  tests, and a new nova-compute refuses to start beside existing domains.
+
 Domains are Nova's own: ``instance-%08x``, XML written by nova-compute.
 Two ``NovaCloud`` instances on one libvirtd would clash on those names: run
 one at a time (the test session shares one).
@@ -239,6 +243,8 @@ class NovaCloud(OpenStackCloud):
                 "compute_driver": "libvirt.LibvirtDriver",
                 "running_deleted_instance_action": "log",
                 "heal_instance_info_cache_interval": 60,
+                # One compute host: resize can only stay on it.
+                "allow_resize_to_same_host": "true",
             },
             "conductor": {"workers": 1},
             "scheduler": {"workers": 1, "discover_hosts_in_cells_interval": -1},
@@ -366,6 +372,13 @@ class NovaCloud(OpenStackCloud):
             ["nova-compute", "--config-file", conf],
             logs / "nova-compute.log",
         )
+        # Its Service row first: a new nova-compute refuses to start on a
+        # hypervisor that already has domains, and this libvirtd is shared with
+        # other tests (their domains are not Nova's; Nova ignores them).
+        # With the row there, nova-compute also wants its node identity file
+        # (what its first start would have written to state_path).
+        self.seed([{"op": "service", "host": self.compute_host}])
+        (self.state_dir / "nova" / "compute_id").write_text(str(uuidlib.uuid4()) + "\n")
         for service in (self.conductor, self.scheduler, self.compute):
             service.start()
 
@@ -376,6 +389,12 @@ class NovaCloud(OpenStackCloud):
             for service in (self.compute, self.conductor, self.scheduler):
                 assert service is not None
                 service.check_alive()
+            log_text = self.compute.log_path.read_text(errors="replace")
+            if " CRITICAL nova " in log_text:
+                raise CloudStartError(
+                    f"nova-compute failed to start; log {self.compute.log_path}:\n"
+                    f"{_tail(self.compute.log_path)}"
+                )
             status, payload = self.placement_api("GET", "/resource_providers")
             if status == 200 and payload.get("resource_providers"):
                 return
