@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -99,6 +100,8 @@ class NovaCloud(OpenStackCloud):
         self.compute: Optional[ProcessService] = None
         self._boot_venvs: Dict[str, Path] = {}
         self.instances_path: Optional[Path] = None
+        self.booted: List[str] = []
+        """Servers booted through ``boot()``: their domains are removed by ``stop()``."""
 
     # ----------------------------------------------------------------- addresses
     @property
@@ -295,6 +298,17 @@ class NovaCloud(OpenStackCloud):
 
     def stop(self) -> None:
         super().stop()
+        # Domains of servers a failed test did not delete: Nova is gone now, so
+        # remove them from libvirtd by UUID (only ours).
+        for uuid in self.booted:
+            for argv in (["destroy", uuid], ["undefine", "--managed-save", uuid]):
+                subprocess.run(
+                    ["virsh", "-c", "qemu:///system", *argv],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    check=False,
+                )
+        self.booted = []
         if self.instances_path is not None and not self.keep_state:
             shutil.rmtree(self.instances_path, ignore_errors=True)
             self.instances_path = None
@@ -560,7 +574,9 @@ class NovaCloud(OpenStackCloud):
         if group:
             body["os:scheduler_hints"] = {"group": group}
         status, payload = self.api("POST", "/servers", body)
-        return str(self._ok(status, payload, f"boot {name}", (202,))["server"]["id"])
+        uuid = str(self._ok(status, payload, f"boot {name}", (202,))["server"]["id"])
+        self.booted.append(uuid)
+        return uuid
 
     def server(self, uuid: str) -> Dict[str, Any]:
         status, payload = self.api("GET", f"/servers/{uuid}")
@@ -585,7 +601,7 @@ class NovaCloud(OpenStackCloud):
     def action(self, uuid: str, body: Mapping[str, Any]) -> None:
         """``POST /servers/{uuid}/action``."""
         status, payload = self.api("POST", f"/servers/{uuid}/action", dict(body))
-        self._ok(status, payload, f"action {list(body)} on {uuid}", (202, 200))
+        self._ok(status, payload, f"action {list(body)} on {uuid}", (200, 202, 204))
 
     def delete(self, uuid: str, wait: float = 60) -> None:
         status, payload = self.api("DELETE", f"/servers/{uuid}")

@@ -176,6 +176,9 @@ class NeutronStandIn:
                     self._send(200, {"networks": []})
                 elif path == "/v2.0/floatingips":
                     self._send(200, {"floatingips": []})
+                elif path == "/v2.0/extensions":
+                    # Nova's resize asks which extensions exist (port binding).
+                    self._send(200, {"extensions": []})
                 else:
                     self._send(
                         404,
