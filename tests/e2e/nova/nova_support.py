@@ -8,8 +8,11 @@ they boot (module-scoped fixtures) and keep at most two running at once."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator
@@ -71,6 +74,67 @@ def agent_process(world: Any, workdir: str) -> EngineProcess:
     )
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def upload_with_playbook(
+    cloud: NovaCloud, image_dir: str, name: str, cmdline_extra: str, workdir: str
+) -> str:
+    """Upload the baked test guest with ``playbooks/bake_guest_image.yml``'s
+    Glance option (``openstack.cloud.image``, which sets
+    ``hw_qemu_guest_agent=yes``); return the root image's id."""
+    with open(os.path.join(image_dir, "manifest.json"), encoding="utf-8") as fh:
+        manifest = json.load(fh)
+    clouds = str(cloud.clouds_yaml(os.path.join(workdir, "clouds-playbook.yaml")))
+    extra = {
+        "guest_ha_bake_glance_upload": True,
+        "guest_ha_bake_glance_cloud": "guest-ha",
+        "guest_ha_bake_glance_image_name": name,
+        "guest_ha_bake_glance_image_file": os.path.join(image_dir, manifest["rootfs"]),
+        "guest_ha_bake_glance_kernel_file": os.path.join(image_dir, manifest["kernel"]),
+        "guest_ha_bake_glance_ramdisk_file": os.path.join(image_dir, manifest["initrd"]),
+        "guest_ha_bake_glance_disk_format": "ami",
+        "guest_ha_bake_glance_properties": {
+            "os_command_line": f"{manifest['cmdline']} {cmdline_extra}".strip()
+        },
+        "ansible_python_interpreter": sys.executable,
+    }
+    home = tempfile.mkdtemp(prefix="gha-ansible-")
+    env = dict(
+        os.environ,
+        OS_CLIENT_CONFIG_FILE=clouds,
+        ANSIBLE_HOME=home,
+        ANSIBLE_LOCAL_TEMP=os.path.join(home, "tmp"),
+        ANSIBLE_SSH_CONTROL_PATH_DIR=os.path.join(home, "cp"),
+    )
+    try:
+        proc = subprocess.run(
+            [
+                os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+                "-i",
+                "localhost,",
+                os.path.join(REPO, "playbooks", "bake_guest_image.yml"),
+                "--tags",
+                "glance",
+                "-e",
+                json.dumps(extra),
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    status, payload = cloud._call(cloud.glance_url, "GET", f"/v2/images?name={name}")
+    images = payload["images"]
+    assert status == 200 and len(images) == 1, payload
+    assert images[0]["hw_qemu_guest_agent"] == "yes"
+    return str(images[0]["id"])
+
+
 @pytest.fixture(scope="session")
 def nova_world(guest_image: Any) -> Iterator[NovaWorld]:
     workdir = tempfile.mkdtemp(prefix="gha-nova-", dir="/var/tmp")
@@ -78,7 +142,7 @@ def nova_world(guest_image: Any) -> Iterator[NovaWorld]:
     with NovaCloud() as cloud:
         clouds_yaml = str(cloud.clouds_yaml(os.path.join(workdir, "clouds.yaml")))
         cmdline = f"guest_ha.interval_ms={INTERVAL_MS}"
-        image = cloud.upload_test_guest(image_dir, "gha-guest", cmdline_extra=cmdline)
+        image = upload_with_playbook(cloud, image_dir, "gha-guest", cmdline, workdir)
         image_no_qga = cloud.upload_test_guest(
             image_dir, "gha-guest-noqga", cmdline_extra=cmdline, qemu_guest_agent=False
         )
