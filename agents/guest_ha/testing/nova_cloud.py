@@ -32,9 +32,10 @@ What is not real, and why:
   (``nova_seed.py`` op ``service``): the libvirtd here is shared with other
   tests, and a new nova-compute refuses to start beside existing domains.
 
-Domains are Nova's own: ``instance-%08x``, XML written by nova-compute.
-Two ``NovaCloud`` instances on one libvirtd would clash on those names: run
-one at a time (the test session shares one).
+Domains are Nova's own, XML written by nova-compute, named by Nova's
+``instance_name_template`` with a per-cloud tag (``instance-<tag>-%08x``) so
+that clouds sharing this libvirtd never clash.  ``stop()`` removes the domains
+of servers a failed test left behind.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class NovaCloud(OpenStackCloud):
     APIs as the admin user.  Extra keyword arguments go to ``OpenStackCloud``.
     """
 
+    #: nova-api, conductor and compute write one SQLite cell DB: wait up to
+    #: 60 s for its lock (sqlite3's default is 5 s) instead of failing a request.
+    SQLITE_QUERY = "?timeout=60"
     PLACEMENT_SERVICE_USER = "placement"
     GLANCE_SERVICE_USER = "glance"
 
@@ -246,6 +250,10 @@ class NovaCloud(OpenStackCloud):
                 "compute_driver": "libvirt.LibvirtDriver",
                 "running_deleted_instance_action": "log",
                 "heal_instance_info_cache_interval": 60,
+                # Nova's instance-%08x plus this cloud's tag: every cloud counts
+                # from 1, and the libvirtd here is shared (a leftover or a second
+                # cloud's instance-00000001 would make builds fail).
+                "instance_name_template": f"instance-{self.compute_host[-6:]}-%08x",
                 # One compute host: resize can only stay on it.
                 "allow_resize_to_same_host": "true",
             },

@@ -276,6 +276,8 @@ class OpenStackCloud:
     VITRAGE_SERVICE_USER = "vitrage"
     MASAKARI_SERVICE_USER = "masakari"
     SERVICE_PROJECT = "service"
+    #: Appended to Nova's SQLite URLs (the booting cloud waits longer on locks).
+    SQLITE_QUERY = ""
 
     def __init__(
         self,
@@ -965,8 +967,8 @@ class OpenStackCloud:
         if self.nova_auth == "headers":
             paste = paste.replace(" authtoken keystonecontext", " keystonecontext")
         (ndir / "api-paste.ini").write_text(paste)
-        cell0 = f"sqlite:///{ndir / 'cell0.db'}"
-        cell1 = f"sqlite:///{ndir / 'cell1.db'}"
+        cell0 = f"sqlite:///{ndir / 'cell0.db'}{self.SQLITE_QUERY}"
+        cell1 = f"sqlite:///{ndir / 'cell1.db'}{self.SQLITE_QUERY}"
         sections: Dict[str, Dict[str, Any]] = {
             "DEFAULT": {
                 "host": "gha-nova-api",
@@ -976,7 +978,7 @@ class OpenStackCloud:
                 "osapi_compute_workers": 1,
             },
             "api": {"auth_strategy": "keystone"},
-            "api_database": {"connection": f"sqlite:///{ndir / 'nova_api.db'}"},
+            "api_database": {"connection": f"sqlite:///{ndir / 'nova_api.db'}{self.SQLITE_QUERY}"},
             "database": {"connection": cell1},
             "oslo_concurrency": {"lock_path": ndir / "locks"},
             "oslo_messaging_notifications": {"driver": "noop"},

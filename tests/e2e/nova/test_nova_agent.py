@@ -64,10 +64,11 @@ def test_opt_in_server_gets_channel_and_heartbeats(ha_server) -> None:
     assert channel is not None and channel.connected
     registered = world.agent.wait_event("registered", uuid)
     assert registered["detail"]["interval_ms"] == INTERVAL_MS
-    assert registered["domain"].startswith("instance-")
+    assert registered["domain"] == world.cloud.instance_name(uuid)
     heartbeating(world.agent, uuid)
     assert world.agent.faults(uuid) == []
-    assert "opt-in" in world.agent.log_text() or "hot-attached" in world.agent.log_text()
+    vm = next(v for v in world.agent.status()["vms"] if v["instance_uuid"] == uuid)
+    assert vm["source"] == "libvirt"
 
 
 def test_server_without_the_extra_spec_is_untouched(ha_server) -> None:
