@@ -33,14 +33,12 @@ def groups(nova_world: NovaWorld, guest_image) -> Iterator[Dict[str, str]]:
     web = cloud.server_group("web", "affinity")
     other = cloud.server_group("other", "affinity")
     flavor = nova_world.flavors["sgm"]
-    servers = {
-        "a": cloud.boot("gha-sg-a", flavor, image, group=web),
-        "b": cloud.boot("gha-sg-b", flavor, image, group=web),
-        "c": cloud.boot("gha-sg-c", flavor, image, group=other),
-    }
+    servers: Dict[str, str] = {}
     try:
-        for uuid in servers.values():
-            cloud.wait_status(uuid, "ACTIVE", BOOT_TIMEOUT)
+        # One at a time: group members are scheduled against each other.
+        for tag, group in (("a", web), ("b", web), ("c", other)):
+            servers[tag] = cloud.boot(f"gha-sg-{tag}", flavor, image, group=group)
+            cloud.wait_status(servers[tag], "ACTIVE", BOOT_TIMEOUT)
         for uuid in servers.values():
             nova_world.agent.wait_event("registered", uuid, timeout=BOOT_TIMEOUT)
         yield {**servers, "web": web, "other": other}
