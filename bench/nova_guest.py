@@ -75,11 +75,11 @@ def main() -> None:
                 extra=agent_conf,
             ) as agent:
                 servers = []
+                _bench.progress(f"booting {args.servers} servers through Nova, one at a time")
                 for i in range(args.servers):
                     t0 = time.monotonic()
-                    servers.append((cloud.boot(f"bench-{i}", flavor, image), t0))
-                _bench.progress(f"booting {args.servers} servers through Nova")
-                for uuid, t0 in servers:
+                    uuid = cloud.boot(f"bench-{i}", flavor, image)
+                    servers.append((uuid, t0))
                     boot_s.append(agent.wait_event("registered", uuid, TIMEOUT)["monotonic"] - t0)
                 uuids = [u for u, _ in servers]
 
