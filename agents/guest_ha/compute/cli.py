@@ -174,6 +174,8 @@ def format_status(status: Dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.append(f"{len(rows) - 1} VM(s), agent up {status.get('uptime_s', 0):.0f} s")
+    for entry in status.get("channel_unavailable", []):
+        lines.append(f"NO CHANNEL {entry['domain']} {entry['instance_uuid']}: {entry['reason']}")
     return "\n".join(lines)
 
 

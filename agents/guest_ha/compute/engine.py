@@ -98,6 +98,8 @@ class HeartbeatEngine:
         block: it runs in the heartbeat loop)."""
         self.sg_delivered = 0
         self.sg_undeliverable = 0
+        self.unattachable: Dict[str, Dict[str, str]] = {}
+        """Opted-in domains that cannot get the channel (uuid -> domain, reason)."""
         self.fault_confirmer: Optional[Callable[[str, Callable[[bool, str], None]], None]] = None
         """Set in libvirt mode: asks whether a domain still runs before a heartbeat
         fault is reported (see ``_hold``)."""
@@ -198,6 +200,29 @@ class HeartbeatEngine:
             return
         vm.channel.report_fault(self.clock(), kind, reason, **detail)
         self._after_channel_activity(vm)
+
+    def channel_unavailable(self, uuid: str, name: str, reason: str) -> None:
+        """An opted-in domain cannot get the channel: shown in the status and
+        sent once as a ``channel_unavailable`` event (not a fault); ``reason``
+        says how to fix it.  An empty ``reason`` clears the entry."""
+        if not reason:
+            self.unattachable.pop(uuid, None)
+            return
+        if self.unattachable.get(uuid, {}).get("reason") == reason:
+            return
+        self.unattachable[uuid] = {"domain": name, "reason": reason}
+        now = self.clock()
+        self.sink.emit(
+            VmEvent(
+                kind="channel_unavailable",
+                instance_uuid=uuid,
+                domain=name,
+                monotonic=now,
+                wall_time=time.time(),
+                fault=False,
+                detail={"reason": reason},
+            )
+        )
 
     def discover(self) -> None:
         """Sync the configured VMs and the socket directory (libvirt VMs are kept)."""
@@ -593,7 +618,14 @@ class HeartbeatEngine:
                     else self.recovery.describe(vm.spec.uuid),
                 }
             )
-        return {"uptime_s": round(now - self.started_at, 3), "vms": vms}
+        unattachable = [
+            {"instance_uuid": uuid, **entry} for uuid, entry in sorted(self.unattachable.items())
+        ]
+        return {
+            "uptime_s": round(now - self.started_at, 3),
+            "vms": vms,
+            "channel_unavailable": unattachable,
+        }
 
     def _open_status_socket(self, path: str) -> None:
         try:

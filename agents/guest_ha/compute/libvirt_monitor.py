@@ -400,6 +400,7 @@ class LibvirtMonitor:
             if self._reconcile_uuid(uuid):
                 self._post_lifecycle(uuid, "restart", "started")
         elif event == lv.VIR_DOMAIN_EVENT_UNDEFINED:
+            self.engine.post(lambda: self.engine.channel_unavailable(uuid, "", ""))
             if uuid in self.known:
                 del self.known[uuid]
                 self.engine.post(lambda: self.engine.remove_vm(uuid))
@@ -454,6 +455,14 @@ class LibvirtMonitor:
                 self._reconcile(dom)
             except self.libvirt.libvirtError as exc:
                 LOG.warning("[instance %s] cannot inspect domain: %s", uuid, exc)
+        engine = self.engine
+
+        def forget_gone_unattachable() -> None:
+            for u in list(engine.unattachable):
+                if u not in seen:
+                    engine.channel_unavailable(u, "", "")
+
+        engine.post(forget_gone_unattachable)
         for uuid in list(self.known):
             if uuid not in seen:
                 del self.known[uuid]
@@ -559,11 +568,18 @@ class LibvirtMonitor:
             )
             return None
         if not domain_xml.has_virtio_serial_controller(xml):
-            self._warn_once(
-                uuid,
-                f"[instance {uuid}] {name} opted in but has no virtio-serial controller, "
-                "which cannot be hot-plugged: add one to its definition and restart it",
+            if self.nova is not None:
+                fix = (
+                    "set image property hw_qemu_guest_agent=yes (Nova then adds one) "
+                    "and rebuild the server, or boot it from such an image"
+                )
+            else:
+                fix = "add one to its definition and restart it"
+            reason = (
+                f"opted in but has no virtio-serial controller, which cannot be hot-plugged: {fix}"
             )
+            self._warn_once(uuid, f"[instance {uuid}] {name} {reason}")
+            self.engine.post(lambda: self.engine.channel_unavailable(uuid, name, reason))
             return None
         flags = lv.VIR_DOMAIN_AFFECT_LIVE
         if dom.isPersistent():

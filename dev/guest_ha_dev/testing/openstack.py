@@ -64,17 +64,10 @@ Nothing here imports OpenStack libraries at module import time;
 from __future__ import annotations
 
 import base64
-import configparser
 import contextlib
-import errno
-import fcntl
-import hashlib
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -90,6 +83,27 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from guest_ha_dev.testing.openstack_assets import ASSETS_DIR
 
 from . import free_port
+from .procs import (
+    CloudStartError,
+    GunicornService,
+    ProcessService,
+    _clean_env,
+    _http,
+    _log,
+    _merge,
+    _run_logged,
+    _tail,
+    _write_ini,
+)
+from .venv_cache import (
+    _TEMPLATES,
+    SERVICES,
+    ServiceSpec,
+    cache_dir,
+    db_template_dir,
+    ensure_venv,
+    ensure_venvs,
+)
 
 __all__ = [
     "SERVICES",
@@ -97,690 +111,18 @@ __all__ = [
     "GunicornService",
     "NeutronStandIn",
     "OpenStackCloud",
+    "ProcessService",
     "ServiceSpec",
     "cache_dir",
+    "db_template_dir",
     "ensure_venv",
     "ensure_venvs",
     "openstack_cloud",
     "openstack_fixture",
 ]
 
-# --------------------------------------------------------------------------- install
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """How to install (and prepare) one OpenStack service in its own venv.
-
-    ``post_install(venv_dir, cache_dir, log)`` runs once after pip, for files the
-    wheel does not ship (Vitrage and Masakari need ``api-paste.ini`` from their
-    sdists: ``pip download --no-binary :all: --no-deps NAME==VERSION``).
-    Bump ``revision`` when the post-install steps change, so cached venvs are
-    rebuilt.
-    """
-
-    name: str
-    requirements: Tuple[str, ...]
-    post_install: Optional[Callable[[Path, Path, Callable[[str], None]], None]] = None
-    #: ``db_template(venv_dir, template_dir, log)`` builds schema-synced, empty
-    #: SQLite DBs once per venv (the service's own ``*-manage db sync``), so
-    #: each start copies files instead of re-running every migration.
-    db_template: Optional[Callable[[Path, Path, Any], None]] = None
-    revision: int = 1
-
-    def fingerprint(self) -> str:
-        text = json.dumps(
-            {
-                "requirements": list(self.requirements),
-                "revision": self.revision,
-                "python": list(sys.version_info[:2]),
-            },
-            sort_keys=True,
-        )
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-_MARKER = ".guest-ha-installed"
-_TEMPLATES = ".gha-db-templates"
-
-
-def _log(msg: str) -> None:
-    sys.stderr.write(f"[openstack-fixture] {msg}\n")
-    sys.stderr.flush()
-
-
-def _repo_root() -> Optional[Path]:
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        pyproject = parent / "pyproject.toml"
-        if pyproject.is_file() and 'name = "guest-ha"' in pyproject.read_text(errors="replace"):
-            return parent
-    return None
-
-
-def cache_dir() -> Path:
-    """``$GUEST_HA_CACHE_DIR``, else ``<repo>/.cache``, else ``~/.cache/guest-ha``."""
-    env = os.environ.get("GUEST_HA_CACHE_DIR")
-    if env:
-        return Path(env)
-    root = _repo_root()
-    if root is not None:
-        return root / ".cache"
-    return Path.home() / ".cache" / "guest-ha"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, what: str) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            _log(f"waiting for another run that holds the lock on {what}")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _venv_dir(name: str, cache: Optional[Path] = None) -> Path:
-    return (cache or cache_dir()) / "openstack" / f"{name}-venv"
-
-
-def ensure_venv(name: str, *, cache: Optional[Path] = None) -> Path:
-    """Return the venv of service ``name``, building it first if needed.
-
-    Safe to call from concurrent processes: a lock file serialises builders, and
-    a marker file (requirements fingerprint) written last says the venv is whole.
-    A venv whose marker is missing or stale is removed and rebuilt.
-    """
-    spec = SERVICES[name]
-    cache = cache or cache_dir()
-    venv = _venv_dir(name, cache)
-    marker = venv / _MARKER
-    wanted = spec.fingerprint()
-    if marker.is_file() and marker.read_text().strip() == wanted:
-        return venv
-    with _file_lock(venv.with_name(venv.name + ".lock"), f"{name} venv"):
-        if marker.is_file() and marker.read_text().strip() == wanted:
-            return venv
-        started = time.monotonic()
-        _log(
-            f"installing {name} into {venv} ({' '.join(spec.requirements)}); "
-            "this takes 10-60 s on a first run"
-        )
-        if venv.exists():
-            shutil.rmtree(venv)
-        log_path = venv.with_name(venv.name + ".install.log")
-        with open(log_path, "w") as log:
-            _run_logged([sys.executable, "-m", "venv", str(venv)], log, f"venv for {name}")
-            _run_logged(
-                [
-                    str(venv / "bin" / "python"),
-                    "-m",
-                    "pip",
-                    "install",
-                    "--disable-pip-version-check",
-                    "--cache-dir",
-                    str(cache / "pip"),
-                    *spec.requirements,
-                ],
-                log,
-                f"pip install for {name}",
-                timeout=1800,
-            )
-            if spec.post_install is not None:
-                spec.post_install(venv, cache, _log)
-        marker.write_text(wanted + "\n")
-        _log(f"installed {name} in {time.monotonic() - started:.1f} s")
-    return venv
-
-
-def ensure_venvs(names: Sequence[str], *, cache: Optional[Path] = None) -> Dict[str, Path]:
-    """``ensure_venv`` + ``db_template_dir`` for several services, in parallel."""
-    results: Dict[str, Path] = {}
-    errors: List[BaseException] = []
-
-    def work(name: str) -> None:
-        try:
-            results[name] = ensure_venv(name, cache=cache)
-            db_template_dir(name, cache=cache)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in names]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return results
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _run_logged(
-    argv: Sequence[str],
-    log: Any,
-    what: str,
-    *,
-    env: Optional[Mapping[str, str]] = None,
-    timeout: float = 600,
-    input_text: Optional[str] = None,
-) -> str:
-    """Run ``argv``; its output is appended to ``log`` and returned.  Raise with
-    the output's tail when it fails."""
-    log.write(f"$ {' '.join(argv)}\n")
-    log.flush()
-    started = time.monotonic()
-    proc = subprocess.run(
-        list(argv),
-        env=dict(env) if env is not None else None,
-        input=input_text,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-    )
-    log.write(proc.stdout)
-    log.write(f"# exit {proc.returncode} after {time.monotonic() - started:.2f} s\n")
-    log.flush()
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-40:])
-        raise CloudStartError(f"{what} failed (exit {proc.returncode}):\n{tail}")
-    return proc.stdout
-
-
-# --------------------------------------------------------------------------- DB templates
-
-
-def _clean_env() -> Dict[str, str]:
-    """The caller's environment minus anything that points into its own venv."""
-    env = dict(os.environ)
-    for key in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"):
-        env.pop(key, None)
-    return env
-
-
-def _keystone_template(venv: Path, tpl: Path, log: Any) -> None:
-    conf = tpl / "keystone.conf"
-    _write_ini(conf, {"database": {"connection": f"sqlite:///{tpl / 'keystone.db'}"}})
-    _run_logged(
-        [str(venv / "bin" / "keystone-manage"), "--config-file", str(conf), "db_sync"],
-        log,
-        "keystone-manage db_sync (template)",
-        env=_clean_env(),
-    )
-    conf.unlink()
-
-
-def _nova_template(venv: Path, tpl: Path, log: Any) -> None:
-    conf = tpl / "nova.conf"
-    (tpl / "locks").mkdir(exist_ok=True)
-    _write_ini(
-        conf,
-        {
-            "DEFAULT": {"transport_url": "fake:/", "state_path": tpl},
-            "api_database": {"connection": f"sqlite:///{tpl / 'nova_api.db'}"},
-            "database": {"connection": f"sqlite:///{tpl / 'cell.db'}"},
-            "oslo_concurrency": {"lock_path": tpl / "locks"},
-        },
-    )
-    manage = [str(venv / "bin" / "nova-manage"), "--config-file", str(conf)]
-    _run_logged(
-        [*manage, "api_db", "sync"], log, "nova-manage api_db sync (template)", env=_clean_env()
-    )
-    # cell0 and cell1 share one schema: sync it once, copy it twice at start.
-    _run_logged([*manage, "db", "sync"], log, "nova-manage db sync (template)", env=_clean_env())
-    conf.unlink()
-    shutil.rmtree(tpl / "locks", ignore_errors=True)
-
-
-def _installed_version(venv: Path, dist: str) -> str:
-    out = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-c",
-            f"import importlib.metadata as m; print(m.version({dist!r}))",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-        env=_clean_env(),
-    )
-    return out.stdout.strip()
-
-
-def _files_from_sdist(
-    venv: Path, cache: Path, dist: str, members: Sequence[str], dest: Path, log: Any
-) -> None:
-    """Copy ``members`` (paths inside the sdist below ``<dist>-<version>/``;
-    a folder copies everything under it) of the installed release's sdist into
-    ``dest``.  The wheels of Vitrage and Masakari lack ``etc/``."""
-    import tarfile
-
-    version = _installed_version(venv, dist)
-    with tempfile.TemporaryDirectory(prefix=f"gha-sdist-{dist}-") as tmp:
-        with open(venv.with_name(venv.name + ".install.log"), "a") as logf:
-            _run_logged(
-                [
-                    str(venv / "bin" / "python"),
-                    "-m",
-                    "pip",
-                    "download",
-                    "--disable-pip-version-check",
-                    "--cache-dir",
-                    str(cache / "pip"),
-                    "--no-binary",
-                    ":all:",
-                    "--no-deps",
-                    "-d",
-                    tmp,
-                    f"{dist}=={version}",
-                ],
-                logf,
-                f"pip download {dist} sdist",
-                env=_clean_env(),
-            )
-        archives = [f for f in os.listdir(tmp) if f.endswith(".tar.gz")]
-        if not archives:
-            raise CloudStartError(f"no sdist of {dist}=={version} downloaded")
-        prefix = f"{dist}-{version}/"
-        with tarfile.open(os.path.join(tmp, archives[0])) as tar:
-            for member in tar.getmembers():
-                if not member.isfile() or not member.name.startswith(prefix):
-                    continue
-                rel = member.name[len(prefix) :]
-                for wanted in members:
-                    if rel == wanted or rel.startswith(wanted.rstrip("/") + "/"):
-                        target = dest / rel
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        source = tar.extractfile(member)
-                        assert source is not None
-                        target.write_bytes(source.read())
-    log(f"copied {', '.join(members)} from the {dist} {version} sdist")
-
-
-def _vitrage_post_install(venv: Path, cache: Path, log: Any) -> None:
-    _files_from_sdist(
-        venv,
-        cache,
-        "vitrage",
-        ["etc/vitrage/api-paste.ini", "etc/vitrage/datasources_values"],
-        venv,
-        log,
-    )
-
-
-def _masakari_post_install(venv: Path, cache: Path, log: Any) -> None:
-    _files_from_sdist(venv, cache, "masakari", ["etc/masakari/api-paste.ini"], venv, log)
-
-
-def _fix_vitrage_events_table(db: Path) -> None:
-    """Vitrage declares ``events.id`` as BigInteger autoincrement, which SQLite
-    does not auto-number (inserts then fail with NOT NULL on ``id``); recreate
-    the table with ``INTEGER PRIMARY KEY AUTOINCREMENT``, same columns."""
-    import sqlite3
-
-    con = sqlite3.connect(str(db))
-    try:
-        info = list(con.execute("PRAGMA table_info(events)"))
-        if not info:
-            raise CloudStartError(f"vitrage DB {db} has no events table")
-        columns = []
-        for _cid, name, ctype, notnull, _default, _pk in info:
-            if name == "id":
-                columns.append("id INTEGER PRIMARY KEY AUTOINCREMENT")
-            else:
-                columns.append(f"{name} {ctype}{' NOT NULL' if notnull else ''}")
-        names = ", ".join(row[1] for row in info)
-        con.executescript(
-            f"""
-            ALTER TABLE events RENAME TO events_old;
-            CREATE TABLE events ({", ".join(columns)});
-            INSERT INTO events ({names}) SELECT {names} FROM events_old;
-            DROP TABLE events_old;
-            """
-        )
-        con.commit()
-    finally:
-        con.close()
-
-
-def _vitrage_template(venv: Path, tpl: Path, log: Any) -> None:
-    conf = tpl / "vitrage.conf"
-    _write_ini(
-        conf,
-        {
-            "DEFAULT": {"transport_url": "fake:/"},
-            "database": {"connection": f"sqlite:///{tpl / 'vitrage.db'}"},
-        },
-    )
-    _run_logged(
-        [str(venv / "bin" / "vitrage-dbsync"), "--config-file", str(conf)],
-        log,
-        "vitrage-dbsync (template)",
-        env=_clean_env(),
-    )
-    _fix_vitrage_events_table(tpl / "vitrage.db")
-    conf.unlink()
-
-
-def _masakari_template(venv: Path, tpl: Path, log: Any) -> None:
-    conf = tpl / "masakari.conf"
-    _write_ini(
-        conf,
-        {
-            "DEFAULT": {"transport_url": "fake:/"},
-            "database": {"connection": f"sqlite:///{tpl / 'masakari.db'}"},
-            # `masakari-manage db sync` also builds the taskflow tables and
-            # fails without this, even though only the engine uses them.
-            "taskflow": {"connection": f"sqlite:///{tpl / 'masakari.db'}"},
-        },
-    )
-    _run_logged(
-        [str(venv / "bin" / "masakari-manage"), "--config-file", str(conf), "db", "sync"],
-        log,
-        "masakari-manage db sync (template)",
-        env=_clean_env(),
-    )
-    conf.unlink()
-
-
-#: Pinned per ENVIRONMENT.md: Keystone 30, Nova 34, Vitrage 15.0.1 and
-#: Masakari 22 are what pip resolves on Debian 12's Python 3.11 and what was
-#: tried on this machine.  Vitrage needs ``networkx<3.6`` (3.6 breaks its
-#: topology API with ``KeyError: 'links'``) and ``python-novaclient`` for its
-#: ``nova.*`` datasources.
-SERVICES: Dict[str, ServiceSpec] = {
-    "keystone": ServiceSpec(
-        "keystone", ("keystone>=30,<31", "gunicorn>=22"), db_template=_keystone_template
-    ),
-    "nova": ServiceSpec("nova", ("nova>=34,<35", "gunicorn>=22"), db_template=_nova_template),
-    "vitrage": ServiceSpec(
-        "vitrage",
-        ("vitrage==15.0.1", "networkx<3.6", "python-novaclient", "gunicorn>=22"),
-        post_install=_vitrage_post_install,
-        db_template=_vitrage_template,
-    ),
-    "masakari": ServiceSpec(
-        "masakari",
-        ("masakari>=22,<23", "gunicorn>=22"),
-        post_install=_masakari_post_install,
-        db_template=_masakari_template,
-    ),
-}
-
-
-def db_template_dir(name: str, *, cache: Optional[Path] = None) -> Path:
-    """Schema-synced empty DBs of service ``name``, built on first use.
-
-    They live inside the service venv, so rebuilding the venv drops them.
-    """
-    spec = SERVICES[name]
-    venv = ensure_venv(name, cache=cache)
-    tpl = venv / _TEMPLATES
-    done = tpl / ".complete"
-    if spec.db_template is None or done.is_file():
-        return tpl
-    with _file_lock(venv.with_name(venv.name + ".lock"), f"{name} DB template"):
-        if done.is_file():
-            return tpl
-        started = time.monotonic()
-        shutil.rmtree(tpl, ignore_errors=True)
-        tpl.mkdir(parents=True)
-        with open(venv.with_name(venv.name + ".template.log"), "w") as log:
-            spec.db_template(venv, tpl, log)
-        done.write_text("ok\n")
-        _log(f"built {name} DB template in {time.monotonic() - started:.1f} s")
-    return tpl
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class CloudStartError(RuntimeError):
-    """A service could not be installed, set up or started."""
-
-
-def _http(
-    method: str,
-    url: str,
-    body: Any = None,
-    headers: Optional[Mapping[str, str]] = None,
-    timeout: float = 30,
-) -> Tuple[int, Mapping[str, str], Any]:
-    """Tiny JSON HTTP client (stdlib), for set-up and readiness checks."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Accept", "application/json")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    for key, value in (headers or {}).items():
-        req.add_header(key, value)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-            status, hdrs = resp.status, dict(resp.headers)
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        status, hdrs = exc.code, dict(exc.headers)
-    try:
-        payload = json.loads(raw) if raw else None
-    except ValueError:
-        payload = raw.decode(errors="replace")
-    return status, hdrs, payload
-
-
-class GunicornService:
-    """One WSGI service under gunicorn in its venv, in its own process group.
-
-    gunicorn runs with ``--no-control-socket`` and loads ``gha_wsgi_shim``
-    (from ``openstack_assets``), which trims ``sys.argv`` and then imports
-    ``wsgi_target`` (``module:attribute``).  ``stop()`` signals the process
-    group whose leader is the PID we started (SIGINT, then SIGKILL), so
-    gunicorn's workers go too.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        venv: Path,
-        wsgi_target: str,
-        port: int,
-        log_path: Path,
-        env: Optional[Mapping[str, str]] = None,
-        threads: int = 4,
-    ):
-        self.name = name
-        self.venv = venv
-        self.wsgi_target = wsgi_target
-        self.port = port
-        self.log_path = log_path
-        self.env = dict(env or {})
-        self.threads = threads
-        self.proc: Optional[subprocess.Popen] = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self.proc.pid if self.proc else None
-
-    def start(self) -> None:
-        argv = [
-            str(self.venv / "bin" / "gunicorn"),
-            "--no-control-socket",
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            "--workers",
-            "1",
-            "--threads",
-            str(self.threads),
-            "--timeout",
-            "300",
-            "--graceful-timeout",
-            "3",
-            "--pythonpath",
-            ASSETS_DIR,
-            "--name",
-            f"gha-{self.name}",
-            "gha_wsgi_shim:application",
-        ]
-        env = _clean_env()  # the service venv must not see the caller's venv
-        env.update(self.env)
-        env["GHA_WSGI_TARGET"] = self.wsgi_target
-        env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, path: str, deadline: float, ok: Callable[[int], bool]) -> float:
-        """Poll ``GET path`` until ``ok(status)``; return seconds waited."""
-        started = time.monotonic()
-        last = "no answer"
-        while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise CloudStartError(
-                    f"{self.name} exited with {self.proc.returncode} while starting; "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
-                )
-            try:
-                status, _, _ = _http("GET", self.url + path, timeout=5)
-                if ok(status):
-                    return time.monotonic() - started
-                last = f"HTTP {status}"
-            except (OSError, urllib.error.URLError) as exc:
-                last = str(exc)
-            if time.monotonic() > deadline:
-                raise CloudStartError(
-                    f"{self.name} not ready at {self.url}{path} ({last}); "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
-                )
-            time.sleep(0.2)
-
-    def stop(self, timeout: float = 10) -> None:
-        proc, self.proc = self.proc, None
-        # SIGINT is gunicorn's quick shutdown (SIGTERM waits for requests).
-        _stop_group(proc, signal.SIGINT, timeout)
-
-
-def _stop_group(proc: Optional[subprocess.Popen], first: int, timeout: float) -> None:
-    """Stop the process group led by ``proc``: ``first``, then SIGKILL; then kill any
-    worker that outlived its master (they share its process group)."""
-    if proc is None:
-        return
-    for sig, wait in ((first, timeout), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-class ProcessService:
-    """A plain (non-WSGI) service process in its venv, in its own process group
-    (``vitrage-graph``, ``vitrage-persistor``).  ``stop()`` signals the group
-    whose leader is the PID we started: SIGTERM, then SIGKILL."""
-
-    def __init__(
-        self,
-        name: str,
-        venv: Path,
-        argv: Sequence[str],
-        log_path: Path,
-        env: Optional[Mapping[str, str]] = None,
-        port: Optional[int] = None,
-    ):
-        self.name = name
-        self.venv = venv
-        self.argv = list(argv)
-        self.log_path = log_path
-        self.env = dict(env or {})
-        self.port = port
-        self.proc: Optional[subprocess.Popen] = None
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self.proc.pid if self.proc else None
-
-    @property
-    def url(self) -> str:
-        assert self.port is not None, f"{self.name} serves no HTTP"
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, path: str, deadline: float, ok: Callable[[int], bool]) -> float:
-        """Poll ``GET path`` until ``ok(status)``; return seconds waited."""
-        started = time.monotonic()
-        last = "no answer"
-        while True:
-            self.check_alive()
-            try:
-                status, _, _ = _http("GET", self.url + path, timeout=5)
-                if ok(status):
-                    return time.monotonic() - started
-                last = f"HTTP {status}"
-            except (OSError, urllib.error.URLError) as exc:
-                last = str(exc)
-            if time.monotonic() > deadline:
-                raise CloudStartError(
-                    f"{self.name} not ready at {self.url}{path} ({last}); "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
-                )
-            time.sleep(0.2)
-
-    def start(self) -> None:
-        env = _clean_env()
-        env.update(self.env)
-        env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(self.venv / "bin" / self.argv[0]), *self.argv[1:]],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise CloudStartError(
-                f"{self.name} exited with {self.proc.returncode}; "
-                f"log {self.log_path}:\n{_tail(self.log_path)}"
-            )
-
-    def stop(self, timeout: float = 5) -> None:
-        proc, self.proc = self.proc, None
-        _stop_group(proc, signal.SIGTERM, timeout)
+# The venv cache, DB templates and process supervision live in venv_cache.py,
+# db_templates.py and procs.py; the cloud that boots servers in nova_cloud.py.
 
 
 class NeutronStandIn:
@@ -834,6 +176,9 @@ class NeutronStandIn:
                     self._send(200, {"networks": []})
                 elif path == "/v2.0/floatingips":
                     self._send(200, {"floatingips": []})
+                elif path == "/v2.0/extensions":
+                    # Nova's resize asks which extensions exist (port binding).
+                    self._send(200, {"extensions": []})
                 else:
                     self._send(
                         404,
@@ -869,26 +214,6 @@ class NeutronStandIn:
 
 
 # --------------------------------------------------------------------------- the cloud
-
-
-def _write_ini(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> None:
-    parser = configparser.RawConfigParser()
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    for section, values in sections.items():
-        if section != "DEFAULT":
-            parser.add_section(section)
-        for key, value in values.items():
-            parser.set(section, key, str(value))
-    with open(path, "w") as handle:
-        parser.write(handle)
-
-
-def _merge(
-    base: Dict[str, Dict[str, Any]], extra: Optional[Mapping[str, Mapping[str, Any]]]
-) -> Dict[str, Dict[str, Any]]:
-    for section, values in (extra or {}).items():
-        base.setdefault(section, {}).update(values)
-    return base
 
 
 @dataclass
@@ -951,6 +276,8 @@ class OpenStackCloud:
     VITRAGE_SERVICE_USER = "vitrage"
     MASAKARI_SERVICE_USER = "masakari"
     SERVICE_PROJECT = "service"
+    #: Appended to Nova's SQLite URLs (the booting cloud waits longer on locks).
+    SQLITE_QUERY = ""
 
     def __init__(
         self,
@@ -1380,6 +707,7 @@ class OpenStackCloud:
                     "masakari-api (guest-ha test fixture)",
                 )
             )
+        entries += self._extra_catalog_entries()
         for username, password, name, service_type, url, description in entries:
             user = call(
                 "POST",
@@ -1421,6 +749,11 @@ class OpenStackCloud:
                         }
                     },
                 )
+
+    def _extra_catalog_entries(self) -> List[Tuple[str, str, str, str, str, str]]:
+        """More (user, password, name, type, URL, description) catalog entries
+        for subclasses (the booting cloud adds placement and glance)."""
+        return []
 
     def _authtoken_section(self, username: str, password: str) -> Dict[str, Any]:
         """``[keystone_authtoken]`` for a service user of ours."""
@@ -1634,8 +967,8 @@ class OpenStackCloud:
         if self.nova_auth == "headers":
             paste = paste.replace(" authtoken keystonecontext", " keystonecontext")
         (ndir / "api-paste.ini").write_text(paste)
-        cell0 = f"sqlite:///{ndir / 'cell0.db'}"
-        cell1 = f"sqlite:///{ndir / 'cell1.db'}"
+        cell0 = f"sqlite:///{ndir / 'cell0.db'}{self.SQLITE_QUERY}"
+        cell1 = f"sqlite:///{ndir / 'cell1.db'}{self.SQLITE_QUERY}"
         sections: Dict[str, Dict[str, Any]] = {
             "DEFAULT": {
                 "host": "gha-nova-api",
@@ -1645,7 +978,7 @@ class OpenStackCloud:
                 "osapi_compute_workers": 1,
             },
             "api": {"auth_strategy": "keystone"},
-            "api_database": {"connection": f"sqlite:///{ndir / 'nova_api.db'}"},
+            "api_database": {"connection": f"sqlite:///{ndir / 'nova_api.db'}{self.SQLITE_QUERY}"},
             "database": {"connection": cell1},
             "oslo_concurrency": {"lock_path": ndir / "locks"},
             "oslo_messaging_notifications": {"driver": "noop"},
@@ -1666,7 +999,8 @@ class OpenStackCloud:
             "wsgi": {"api_paste_config": ndir / "api-paste.ini"},
         }
         conf = ndir / "nova.conf"
-        _write_ini(conf, _merge(sections, self._nova_conf_extra))
+        sections = _merge(sections, self._nova_conf_extra)
+        _write_ini(conf, sections)
         tpl = venv / _TEMPLATES
         shutil.copyfile(tpl / "nova_api.db", ndir / "nova_api.db")
         shutil.copyfile(tpl / "cell.db", ndir / "cell0.db")

@@ -18,6 +18,7 @@ with one result per operation.  Operations:
   cell1 with nova-manage's own code (``CellV2Commands``), in this process
 - ``{"op": "flavor", "name", "flavorid", "vcpus", "memory_mb", "root_gb",
   "extra_specs"}``
+- ``{"op": "service", "host"}``: only the nova-compute Service row (idempotent)
 - ``{"op": "host", "host"}``: nova-compute Service, ComputeNode and
   HostMapping into cell1 (idempotent)
 - ``{"op": "server_group", "name", "policy", "uuid", "project_id",
@@ -105,6 +106,28 @@ def op_flavor(ctxt, op):
         "name": flavor.name,
         "extra_specs": dict(flavor.extra_specs),
     }
+
+
+def op_service(ctxt, op):
+    """Only the nova-compute Service row of ``host`` in cell1 (idempotent).
+
+    The booting cloud writes it before nova-compute's first start: a new
+    nova-compute refuses to start on a hypervisor that already runs domains
+    (``_sanity_check_new_host``), and the test machine's libvirtd is shared."""
+    cell = _cell1(ctxt)
+    with context.target_cell(ctxt, cell) as cctxt:
+        service = objects.Service.get_by_host_and_binary(cctxt, op["host"], "nova-compute")
+        if service is None:
+            service = objects.Service(
+                cctxt,
+                host=op["host"],
+                binary="nova-compute",
+                topic="compute",
+                report_count=0,
+                disabled=False,
+            )
+            service.create()
+        return {"service_id": service.id}
 
 
 def op_host(ctxt, op):
@@ -266,6 +289,7 @@ OPS = {
     "cells": op_cells,
     "flavor": op_flavor,
     "host": op_host,
+    "service": op_service,
     "server_group": op_server_group,
     "server": op_server,
 }

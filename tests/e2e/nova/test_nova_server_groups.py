@@ -1,0 +1,103 @@
+"""Server group messaging between guests booted by real Nova: groups created
+through the Nova API, servers booted into them with the ``group`` scheduler
+hint, membership read from Nova by the controller, and peer notifications
+driven by the versioned notifications Nova itself emits on our RabbitMQ (no
+payload is built by the test).  The guests run the test image's demo peer app
+(``guest_ha.demo_peer=1``), which prints what it receives on its console.
+
+Three servers at once: A and B in group "web", C alone in group "other"."""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, Iterator
+
+import pytest
+from nova_support import BOOT_TIMEOUT, INTERVAL_MS, NovaWorld
+
+from guest_ha_dev.sim.harness import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.nova]
+
+
+@pytest.fixture(scope="module")
+def groups(nova_world: NovaWorld, guest_image) -> Iterator[Dict[str, str]]:
+    import os
+
+    cloud = nova_world.cloud
+    image = cloud.upload_test_guest(
+        os.path.dirname(guest_image.rootfs),
+        "gha-guest-peer",
+        cmdline_extra=f"guest_ha.interval_ms={INTERVAL_MS} guest_ha.demo_peer=1",
+    )
+    web = cloud.server_group("web", "affinity")
+    other = cloud.server_group("other", "affinity")
+    flavor = nova_world.flavors["sgm"]
+    servers: Dict[str, str] = {}
+    try:
+        # One at a time: group members are scheduled against each other.
+        for tag, group in (("a", web), ("b", web), ("c", other)):
+            servers[tag] = cloud.boot(f"gha-sg-{tag}", flavor, image, group=group)
+            cloud.wait_status(servers[tag], "ACTIVE", BOOT_TIMEOUT)
+        for uuid in servers.values():
+            nova_world.agent.wait_event("registered", uuid, timeout=BOOT_TIMEOUT)
+        yield {**servers, "web": web, "other": other}
+    finally:
+        for uuid in servers.values():
+            if cloud.api("GET", f"/servers/{uuid}")[0] == 200:
+                cloud.delete(uuid)
+
+
+def received_from(console: str) -> set:
+    return set(re.findall(r"RECEIVED broadcast from ([0-9a-f-]{36})", console))
+
+
+def test_membership_comes_from_nova(nova_world: NovaWorld, groups) -> None:
+    status, payload = nova_world.cloud.api("GET", f"/os-server-groups/{groups['web']}")
+    assert status == 200
+    assert set(payload["server_group"]["members"]) == {groups["a"], groups["b"]}
+
+
+def test_broadcast_reaches_the_group_only(nova_world: NovaWorld, groups) -> None:
+    cloud = nova_world.cloud
+    a, b, c = groups["a"], groups["b"], groups["c"]
+    wait_until(lambda: b in received_from(cloud.console_log(a)), 120)
+    wait_until(lambda: a in received_from(cloud.console_log(b)), 60)
+    assert received_from(cloud.console_log(a)) == {b}  # never its own, never C's
+    assert received_from(cloud.console_log(c)) == set()
+    assert "SENT broadcast" in cloud.console_log(c)  # C did broadcast, to nobody
+    assert nova_world.agent.faults(a) == [] and nova_world.agent.faults(b) == []
+
+
+def test_peer_notifications_from_novas_own_notifications(nova_world: NovaWorld, groups) -> None:
+    """Stopping and starting B: Nova's instance.power_off/power_on notifications
+    reach the controller, which tells A (B's peer) and not C."""
+    cloud = nova_world.cloud
+    a, b, c = groups["a"], groups["b"], groups["c"]
+
+    def notes(uuid: str) -> list:
+        return [
+            line
+            for line in cloud.console_log(uuid).splitlines()
+            if "peer notification" in line and b in line
+        ]
+
+    before = len(notes(a))
+    cloud.action(b, {"os-stop": None})
+    cloud.wait_status(b, "SHUTOFF", BOOT_TIMEOUT)
+    wait_until(lambda: len(notes(a)) > before, 60)
+    stopped = len(notes(a))
+    cloud.action(b, {"os-start": None})
+    cloud.wait_status(b, "ACTIVE", BOOT_TIMEOUT)
+    wait_until(lambda: len(notes(a)) > stopped, 60)
+    assert notes(c) == []
+
+
+def test_deleted_member_leaves_routing(nova_world: NovaWorld, groups) -> None:
+    """Deleting B (Nova's instance.delete.end) drops it from the controller's
+    routing without a restart: A's broadcasts stop reaching anyone."""
+    cloud, ctl = nova_world.cloud, nova_world.controller
+    members_before = ctl.status()["server_groups"]["members"]
+    cloud.delete(groups["b"])
+    wait_until(lambda: ctl.status()["server_groups"]["members"] == members_before - 1, 60)
+    assert nova_world.controller.proc is not None and nova_world.controller.proc.poll() is None
