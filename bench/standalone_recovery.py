@@ -1,14 +1,21 @@
-"""Recovery without OpenStack on a real TCG guest: freeze its QEMU (SIGSTOP) and
-time, from the freeze, until the guest heartbeats again after the compute
-agent's recovery action.
+"""Recovery without OpenStack on a real TCG guest: hang it, and time from the
+hang until the guest heartbeats again after the compute agent's recovery action.
 
 One guest boots from the image baked with our guest role; the agent runs with
-recovery on (``--actions``, default ``reset,destroy-and-start``: a stopped
-QEMU cannot carry a reset out, so the agent power-cycles it after
-``--action-timeout-s``). Each trial waits for the guest's first healthy answer
-(``recovered``) before the next freeze.
+recovery on (``--actions``, default ``reset,destroy-and-start``). Two ways to
+hang it (``--freeze``):
 
-    python bench/standalone_recovery.py --trials 5 --interval-ms 500
+- ``guest`` (default): the guest's own check freezes its guest daemon (the test
+  image's control disk, byte ``3``): a hung guest whose QEMU still answers, as
+  with a hung guest kernel or userland. The agent's reset works at once.
+- ``qemu``: SIGSTOP of the QEMU process. A stopped QEMU cannot carry a reset
+  out, so after ``--action-timeout-s`` the agent power-cycles it, and libvirt
+  itself waits about 10 s for the stopped process to take SIGTERM before it
+  kills it.
+
+Each trial waits for the guest's first healthy answer (``recovered``).
+
+    python bench/standalone_recovery.py --trials 5 --interval-ms 500 [--freeze qemu]
 """
 
 from __future__ import annotations
@@ -24,7 +31,14 @@ from collections import Counter
 
 import _bench
 from guest_ha_dev.sim.harness import EngineProcess
-from guest_ha_dev.sim.testguest import Domains, GuestImage, domain_xml, ensure_libvirtd, qemu_pid
+from guest_ha_dev.sim.testguest import (
+    Domains,
+    GuestImage,
+    domain_xml,
+    ensure_libvirtd,
+    qemu_pid,
+    set_control,
+)
 
 
 def main() -> None:
@@ -33,6 +47,7 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=int, default=500)
     parser.add_argument("--actions", default="reset,destroy-and-start")
     parser.add_argument("--action-timeout-s", type=float, default=2.0)
+    parser.add_argument("--freeze", choices=("guest", "qemu"), default="guest")
     args = parser.parse_args()
     if args.trials < 1 or args.interval_ms < 100 or args.action_timeout_s <= 0:
         parser.error("need --trials >= 1, --interval-ms >= 100, --action-timeout-s > 0")
@@ -60,7 +75,8 @@ def main() -> None:
             heartbeat={"restart_timeout_s": 120.0},
             extra={"libvirt": {"enabled": True}, "recovery": policy},
         ) as engine:
-            kwargs = image.domain_kwargs(workdir, "vm", args.interval_ms, control_disk=False)
+            kwargs = image.domain_kwargs(workdir, "vm", args.interval_ms)
+            ctl = os.path.join(workdir, "vm.ctl")
             dom = domains.define(domain_xml, optin=True, **kwargs)
             uuid = dom.UUIDString()
             _bench.progress("booting the TCG guest")
@@ -70,9 +86,14 @@ def main() -> None:
                 mark = len(engine.events())
                 pid = qemu_pid(dom.name())
                 frozen_at = time.monotonic()
-                os.kill(pid, signal.SIGSTOP)
+                if args.freeze == "qemu":
+                    os.kill(pid, signal.SIGSTOP)
+                else:
+                    set_control(ctl, unhealthy=False, hang=True)
                 try:
                     lost = engine.wait_event("heartbeat_lost", uuid, timeout=30, after=mark)
+                    if args.freeze == "guest":
+                        set_control(ctl, unhealthy=False)  # it boots up well again
                     started = engine.wait_event("recovery_started", uuid, timeout=30, after=mark)
                     recovered = engine.wait_event("recovered", uuid, timeout=180, after=mark)
                 except TimeoutError:
@@ -103,6 +124,7 @@ def main() -> None:
             "benchmark": "standalone_recovery",
             "trials": args.trials,
             "interval_ms": args.interval_ms,
+            "freeze": args.freeze,
             "policy_actions": policy["actions"],
             "action_timeout_s": args.action_timeout_s,
             "recovery_s_p50": round(_bench.percentile(recovery_s, 50), 2) if recovery_s else None,

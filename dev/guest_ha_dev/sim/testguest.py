@@ -240,12 +240,12 @@ class GuestImage:
         }
 
 
-def set_control(path: str, unhealthy: bool, slow: bool = False) -> None:
+def set_control(path: str, unhealthy: bool, slow: bool = False, hang: bool = False) -> None:
     """Flip the test guest's control disk: its check script then fails (or passes;
-    with ``slow``, passes after 1.5 s)."""
+    with ``slow``, passes after 1.5 s; with ``hang``, freezes the guest daemon)."""
     fd = os.open(path, os.O_WRONLY)
     try:
-        os.pwrite(fd, b"1" if unhealthy else b"2" if slow else b"0", 0)
+        os.pwrite(fd, b"1" if unhealthy else b"2" if slow else b"3" if hang else b"0", 0)
         os.fsync(fd)
     finally:
         os.close(fd)
