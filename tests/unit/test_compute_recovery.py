@@ -169,3 +169,32 @@ def test_domain_settings_from_metadata_and_optin_file() -> None:
     assert parse_optin_recovery(raw) == {"name:a": {"enabled": True}}
     with pytest.raises(ValueError, match=r"domains\[0\]\.recovery: actions: unknown x"):
         parse_optin_recovery({"domains": [{"name": "a", "recovery": {"actions": ["x"]}}]})
+
+
+def test_a_registration_ends_the_recovery_even_when_its_event_was_held_back() -> None:
+    """The per-VM event limit may hold a guest's ``registered`` back; the controller
+    looks at the heartbeat state after each burst of channel activity instead."""
+    from types import SimpleNamespace
+
+    from guest_ha.compute.recovery import RecoveryController
+
+    emitted: List[tuple] = []
+    hb = SimpleNamespace(state="suspended", MONITORING="monitoring", corrective_action=None)
+    vm = SimpleNamespace(spec=SimpleNamespace(uuid=VM), channel=SimpleNamespace(heartbeat=hb))
+    engine = SimpleNamespace(
+        clock=lambda: 50.0,
+        emit_event=lambda uuid, kind, detail: emitted.append((kind, detail)),
+    )
+    ctl = RecoveryController(engine, RecoveryPolicy(enabled=True), executor=lambda *a: None)
+    ctl.set_policy(VM, None)
+    p = ctl.planner
+    fault(p, 0.0)
+    p.on_timer(VM, 0.0, busy="")
+    p.on_action_done(VM, True, "reset", 1.0)
+    ctl.check_registration(vm)  # still booting
+    assert emitted == [] and p.describe(VM, 2.0)["state"] == "awaiting"
+    hb.state = "monitoring"  # registered; the event itself never reached us
+    ctl.check_registration(vm)
+    assert [k for k, _ in emitted] == [RECOVERY_DONE]
+    assert emitted[0][1]["seconds"] == 50.0
+    assert p.describe(VM, 50.0)["state"] == "idle"

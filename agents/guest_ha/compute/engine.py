@@ -469,6 +469,8 @@ class HeartbeatEngine:
                 self._emit(vm, event)
         for level, line in channel.take_log_records():
             LOG.log(level, "%s %s", vm.log_prefix, line)
+        if self.recovery is not None:
+            self.recovery.check_registration(vm)
         if channel.wants_write:
             self._dirty.add(vm.spec.uuid)
         self._reschedule_tick(vm)

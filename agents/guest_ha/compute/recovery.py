@@ -356,6 +356,23 @@ class RecoveryController:
         )
         self._run(commands)
 
+    def check_registration(self, vm: Any) -> None:
+        """Called after each burst of channel activity: a guest that registered again
+        after the action ends the recovery even when its ``registered`` event was
+        held back by the per-VM event limit (the planner must not wait for it)."""
+        state = self.planner.vms.get(vm.spec.uuid)
+        hb = vm.channel.heartbeat
+        if state is not None and state.state == AWAITING and hb.state == hb.MONITORING:
+            self._run(
+                self.planner.on_event(
+                    vm.spec.uuid,
+                    REGISTERED,
+                    self.engine.clock(),
+                    hint=hb.corrective_action,
+                    busy="",
+                )
+            )
+
     def on_timer(self, uuid: str) -> None:
         vm = self.engine.vms.get(uuid)
         if vm is None:
