@@ -89,6 +89,7 @@ class NovaCloud(OpenStackCloud):
     #: nova-api, conductor and compute write one SQLite cell DB: wait up to
     #: 60 s for its lock (sqlite3's default is 5 s) instead of failing a request.
     SQLITE_QUERY = "?timeout=60"
+    SQLITE_WAL = True
     PLACEMENT_SERVICE_USER = "placement"
     GLANCE_SERVICE_USER = "glance"
 

@@ -278,6 +278,8 @@ class OpenStackCloud:
     SERVICE_PROJECT = "service"
     #: Appended to Nova's SQLite URLs (the booting cloud waits longer on locks).
     SQLITE_QUERY = ""
+    SQLITE_WAL = False
+    """Put Nova's SQLite DBs in write-ahead-log mode (several writing services)."""
 
     def __init__(
         self,
@@ -1005,6 +1007,15 @@ class OpenStackCloud:
         shutil.copyfile(tpl / "nova_api.db", ndir / "nova_api.db")
         shutil.copyfile(tpl / "cell.db", ndir / "cell0.db")
         shutil.copyfile(tpl / "cell.db", ndir / "cell1.db")
+        if self.SQLITE_WAL:
+            # Readers then never block a writer (nor a writer readers); with
+            # conductor, scheduler, compute and nova-api all writing the cell DB,
+            # the default rollback journal gave "database is locked" under load.
+            import sqlite3
+
+            for name in ("nova_api.db", "cell0.db", "cell1.db"):
+                with contextlib.closing(sqlite3.connect(ndir / name)) as db:
+                    db.execute("PRAGMA journal_mode=WAL")
         # `nova-manage cell_v2 map_cell0` + `create_cell`, through nova-manage's
         # own code, in one process.
         self.seed(
