@@ -182,3 +182,16 @@ def test_exit_that_clears_a_fault_shares_the_budget():
     assert out.count("misbehaving") == 1
     kinds = [k for k in out if k in ("heartbeat_lost", "exit")]
     assert all(a != b for a, b in zip(kinds, kinds[1:]))  # never a fault reported twice
+
+
+def test_a_registration_after_a_hypervisor_restart_is_not_churn():
+    """Registrations the hypervisor announced (a reboot, a start) pass even when the
+    guest's event budget is spent; unannounced re-registrations do not."""
+    channel = host(event_burst=1.0, event_rate_per_min=0.001)
+    channel.receive_data(init("a" * 32), 0.0)
+    assert [e.kind for e in channel.take_events(0.0)] == ["registered"]
+    channel.receive_data(init("b" * 32), 1.0)  # churn: over the budget
+    assert "registered" not in [e.kind for e in channel.take_events(1.0)]
+    channel.expect_registration(2.0, "reboot")
+    channel.receive_data(init("c" * 32), 3.0)
+    assert "registered" in [e.kind for e in channel.take_events(3.0)]

@@ -119,6 +119,7 @@ class HostChannel:
         self._read_bucket = TokenBucket(limits.read_bytes_per_s, limits.read_burst_bytes, now)
         self._log = _Limited(limits.log_rate, limits.log_burst, now)
         self._event_bucket = TokenBucket(limits.event_rate_per_min / 60.0, limits.event_burst, now)
+        self._registration_expected = False
         self._misbehaving_until: Optional[float] = None
         self._notices: List[HeartbeatEvent] = []
         self._reported_fault: Optional[str] = None
@@ -324,6 +325,9 @@ class HostChannel:
             return True
         if event.kind == SUSPENDED and event.detail.get("reason") != "channel_lost":
             return True  # a lifecycle operation the hypervisor reported
+        if event.kind == REGISTERED and self._registration_expected:
+            self._registration_expected = False
+            return True  # after a restart the hypervisor reported
         if self._event_bucket.consume(now):
             return True
         self.counters["events_suppressed"] += 1
@@ -348,6 +352,8 @@ class HostChannel:
 
     def expect_registration(self, now: float, reason: str) -> None:
         self.heartbeat.expect_registration(now, reason)
+        # The hypervisor restarted the guest: its next registration is not churn.
+        self._registration_expected = True
         self._flush()
 
     def report_fault(self, now: float, kind: str, reason: str, **detail: object) -> None:
