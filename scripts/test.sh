@@ -12,4 +12,11 @@ echo "== import contracts (imports run one way)"
 echo "== mypy (strict for protocol/ and guest/)"
 .venv/bin/mypy
 echo "== pytest"
-exec .venv/bin/pytest "${@:-tests}"
+if [ $# -gt 0 ]; then
+    exec .venv/bin/pytest "$@"
+fi
+# The tests against the booting test cloud (marker nova) are not in the default
+# run yet: its SQLite-backed Nova intermittently answers "database is locked"
+# under several writing services (docs/testing-openstack.md). Run them with
+# `scripts/test.sh -m nova`.
+exec .venv/bin/pytest tests -m "not nova"
