@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from guest_ha.protocol import HEARTBEAT, SERVER_GROUP, GuestChannel, GuestHeartbeat, Message
+from guest_ha.protocol.envelope import encode_envelope
 from guest_ha.protocol.messages import HEALTHY, UNHEALTHY
 
 MAX_PENDING = 256 * 1024
@@ -660,8 +661,6 @@ class VmSimulator:
         if kind == "spoof_broadcast":
             other = next((u for u in self._vms if u != vm.info.uuid), vm.info.uuid)
             data = {"msg_type": "broadcast", "source_instance": other, "data": "x"}
-            from guest_ha.protocol.envelope import encode_envelope
-
             return encode_envelope(SERVER_GROUP, data) * 100
         if kind == "deep_nesting":
             deep = "[" * 1000 + "]" * 1000
