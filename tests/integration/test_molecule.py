@@ -84,7 +84,11 @@ def _molecule(
 def test_molecule_compute(tmp_path) -> None:
     _require_root()
     _require_libvirtd()
-    _molecule("compute", "default", tmp_path)
+    from guest_ha_dev.testing.rabbitmq import pick_free_ports
+
+    (metrics_port,) = pick_free_ports(1)
+    # The role's guest_ha_compute_metrics_listen on a private port (verify.yml scrapes it).
+    _molecule("compute", "default", tmp_path, env={"GHA_MOLECULE_METRICS_PORT": str(metrics_port)})
 
 
 def test_molecule_controller(tmp_path) -> None:
