@@ -51,6 +51,24 @@ def _count_kinds(events: List[dict]) -> Dict[str, int]:
     return counts
 
 
+def _episodes(faults: List[dict], good: int) -> Dict[str, int]:
+    """Group false faults that start within 1 s of each other. An episode that
+    hits at least half the good VMs at once is a stall of everything (the host,
+    the agent's loop or the simulator), not one VM disturbing another."""
+    groups: List[List[dict]] = []
+    for event in sorted(faults, key=lambda e: e["monotonic"]):
+        if groups and event["monotonic"] - groups[-1][-1]["monotonic"] < 1.0:
+            groups[-1].append(event)
+        else:
+            groups.append([event])
+    wide = [g for g in groups if len({e["instance_uuid"] for e in g}) * 2 >= good]
+    return {
+        "episodes": len(groups),
+        "episodes_hitting_half_the_good_vms": len(wide),
+        "false_faults_outside_those": sum(len(g) for g in groups) - sum(len(g) for g in wide),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--good", type=int, default=50)
@@ -121,6 +139,7 @@ def main() -> None:
                 "agent_rss_kib": rss_after,
                 "simulator_cpu_percent": round(100.0 * sim_cpu / elapsed, 2),
                 "false_faults_by_kind": _count_kinds(false_faults),
+                "false_fault_episodes": _episodes(false_faults, args.good),
                 "agent_rss_growth_kib": rss_after - rss_before,
                 "events_from_hostile": by_kind,
                 "events_from_hostile_per_min": per_min,

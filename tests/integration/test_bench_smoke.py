@@ -140,8 +140,10 @@ def test_hostile_guests_reports_its_fields() -> None:
         "agent_rss_growth_kib",
         "events_from_hostile",
         "nacks_sent_by_kind",
+        "false_fault_episodes",
     ):
         assert key in result, key
     assert result["false_faults"] == 0
+    assert result["false_fault_episodes"]["episodes"] == 0
     assert set(result["events_from_hostile"]) == set(result["hostile_kinds"])
     assert "flood" in result["hostile_kinds"] and "slowloris" in result["hostile_kinds"]
