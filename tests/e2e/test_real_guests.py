@@ -155,6 +155,37 @@ def test_pause_during_a_slow_check_is_not_unhealthy(guest, e2e_dir) -> None:
     print(console(e2e_dir)[-1500:])
 
 
+def test_host_stall_during_a_slow_check_is_not_unhealthy(guest, e2e_dir) -> None:
+    """QEMU stopped for 1.5 s (SIGSTOP, as in a host stall) while the guest's 1.5 s
+    check runs under a 2 s limit, five times: the guest's clock jumps across each
+    stall and the daemon does not charge the jump to the check. The agent rightly
+    sees ``heartbeat_lost`` and then ``recovered``; never ``unhealthy``."""
+    dom, engine = guest
+    uuid = dom.UUIDString()
+    ctl = os.path.join(e2e_dir, "vm.ctl")
+    set_control(ctl, unhealthy=False, slow=True)
+    time.sleep(3.0)  # the slow check now runs almost all the time
+    mark = len(engine.events())
+    pid = qemu_pid(dom.name())
+    for i in range(5):
+        time.sleep(0.3 * i)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(1.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        before = responses(engine, uuid)
+        wait_until(lambda b=before: responses(engine, uuid) >= b + 3, 20)
+        time.sleep(2.0)  # the check that was in flight has finished (or timed out)
+    set_control(ctl, unhealthy=False)
+    events = engine.events()[mark:]
+    unhealthy = [e["detail"].get("reason") for e in events if e["kind"] == "unhealthy"]
+    assert unhealthy == [], f"{unhealthy}\n{console(e2e_dir)}"
+    assert any(e["kind"] == "heartbeat_lost" for e in events)
+    with open(os.path.join(e2e_dir, "vm.console.log"), errors="replace") as fh:
+        assert "clock jumped" in fh.read(), console(e2e_dir)
+
+
 def test_destroy_is_reported_as_a_crash(guest) -> None:
     dom, engine = guest
     dom.destroy()
