@@ -6,6 +6,8 @@ from typing import List, Optional, Tuple
 
 from oslo_config import cfg
 
+from .origin import report_origin_opts
+
 REPORTERS = ("log", "notification", "nova", "masakari", "vitrage")
 
 controller_opts = [
@@ -194,6 +196,7 @@ def register_opts(conf: cfg.ConfigOpts) -> cfg.ConfigOpts:
     conf.register_opts(vitrage_reporter_opts, group="reporter_vitrage")
     conf.register_opts(masakari_reporter_opts, group="reporter_masakari")
     conf.register_opts(server_groups_opts, group="server_groups")
+    conf.register_opts(report_origin_opts, group="report_origin")
     return conf
 
 
@@ -204,4 +207,5 @@ def list_opts() -> List[Tuple[Optional[str], list]]:
         ("reporter_vitrage", vitrage_reporter_opts),
         ("reporter_masakari", masakari_reporter_opts),
         ("server_groups", server_groups_opts),
+        ("report_origin", report_origin_opts),
     ]

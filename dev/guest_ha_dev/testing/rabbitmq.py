@@ -423,6 +423,24 @@ class RabbitMQNode:
         self.stop()
         return self.start()
 
+    def add_user(self, user: str, password: str, vhost: str = "/") -> str:
+        """Create ``user`` with full permissions on ``vhost``; return its URL.
+
+        What the roles do for each compute host (its own broker credentials).
+        """
+        for args in (
+            ("add_user", user, password),
+            ("set_permissions", "-p", vhost, user, ".*", ".*", ".*"),
+        ):
+            res = self.ctl("rabbitmqctl", "-q", *args)
+            if res.returncode != 0:
+                raise RabbitMQError(f"rabbitmqctl {args[0]} {user}: {res.stderr.strip()}")
+        return self.url_for(user, password, vhost)
+
+    def url_for(self, user: str, password: str, vhost: str = "/") -> str:
+        path = "" if vhost == "/" else vhost
+        return f"rabbit://{user}:{password}@127.0.0.1:{self.amqp_port}/{path}"
+
     def tail_log(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
