@@ -194,6 +194,14 @@ class OriginCheck:
         self.locator = locator
         self.rejected: Counter = Counter({reason: 0 for reason in REASONS})
         self.undecided = 0
+        self._count_lock = threading.Lock()  # RPC methods run on several threads
+
+    def _count(self, reason: Optional[str]) -> None:
+        with self._count_lock:
+            if reason is None:
+                self.undecided += 1
+            else:
+                self.rejected[reason] += 1
 
     @property
     def enabled(self) -> bool:
@@ -213,7 +221,7 @@ class OriginCheck:
         sender = self.sender_host(ctxt)
         if sender is not None and sender == claimed:
             return True
-        self.rejected["unauthenticated" if sender is None else "host_mismatch"] += 1
+        self._count("unauthenticated" if sender is None else "host_mismatch")
         LOG.warning("%s for host %r from broker user %r rejected", what, claimed, sender_user(ctxt))
         return False
 
@@ -238,7 +246,7 @@ class OriginCheck:
             try:
                 reason = self._reason(sender, event)
             except Undecided as exc:
-                self.undecided += 1
+                self._count(None)
                 LOG.warning(
                     "[instance %s] %s from %s not decided yet (kept in its spool): %s",
                     event["instance_uuid"],
@@ -251,7 +259,7 @@ class OriginCheck:
             if reason is None:
                 accepted.append(event)
                 continue
-            self.rejected[reason] += 1
+            self._count(reason)
             rejected.append((event, reason))
             LOG.error(
                 "[instance %s] %s rejected: %s (sender %r, report says host %r)",
