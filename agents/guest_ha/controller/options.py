@@ -21,8 +21,10 @@ controller_opts = [
     cfg.StrOpt(
         "database",
         default="/var/lib/guest-ha/controller.sqlite",
-        help="SQLite event store (de-duplication and delivery state). Controllers that "
-        "run active-active must share it.",
+        help="Event store (de-duplication and delivery state): a SQLite file, or a "
+        "PostgreSQL URL (postgresql+psycopg2://USER:PASSWORD@HOST/DB, through oslo.db) "
+        "for controllers on separate hosts. Controllers that run active-active must "
+        "share it.",
     ),
     cfg.IntOpt("dispatch_workers", default=4, min=1, help="Reporter delivery threads."),
     cfg.FloatOpt(

@@ -15,6 +15,7 @@ from .origin import OriginCheck
 from .reporters import Reporter
 from .reporters.log import LogReporter
 from .store import EventStore
+from .store_sql import is_url
 
 LOG = logging.getLogger("guest_ha.controller")
 
@@ -197,9 +198,15 @@ class ControllerService:
         server_groups: Any = None,
         origin: Optional[OriginCheck] = None,
     ) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
         self.host = host
-        self.store = EventStore(database)
+        self.store: Any
+        if is_url(database):  # a shared SQL server (controllers on separate hosts)
+            from .store_sql import SqlEventStore
+
+            self.store = SqlEventStore(database)
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+            self.store = EventStore(database)
         self.reporters = reporters
         self.reporter_names = sorted(reporters)
         self.dispatcher = Dispatcher(
