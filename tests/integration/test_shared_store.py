@@ -1,10 +1,10 @@
 """Controllers sharing a PostgreSQL event store (oslo.db): a private PostgreSQL
 server (guest_ha_dev.testing.postgres, Debian's binaries), a real RabbitMQ node,
 the real compute engine (simulated VMs) and two real controller processes on
-one database. One controller is SIGKILLed mid-report; then the other is killed
-and the first restarted. A notification listener counts every fault event:
-0 lost, 0 doubled. (Both controllers run in this machine's network namespace;
-separate namespaces are not done yet, see docs/operations.md.)"""
+one database, each in its own network namespace (veth pair to this machine's
+namespace, where PostgreSQL and RabbitMQ listen). One controller is SIGKILLed
+mid-report; then the other is killed and the first restarted. A notification
+listener counts every fault event: 0 lost, 0 doubled."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ pytest.importorskip("oslo_db")
 from guest_ha_dev.sim import VmSimulator
 from guest_ha_dev.sim.harness import EngineProcess, wait_until
 from guest_ha_dev.testing.controller import ControllerProcess, NotificationCollector
+from guest_ha_dev.testing.netns import NetNamespace
 from guest_ha_dev.testing.postgres import PostgresServer
 from guest_ha_dev.testing.rabbitmq import RabbitMQNode
 
@@ -55,18 +56,28 @@ def faults(sim: VmSimulator, engine: EngineProcess, vms) -> None:
 
 
 def test_two_controllers_one_postgres_killed_in_turn(short_tmp) -> None:
-    with PostgresServer() as pg, RabbitMQNode() as rabbit:
+    with (
+        NetNamespace(1) as ns1,
+        NetNamespace(2) as ns2,
+        PostgresServer(listen=[ns1.host_address, ns2.host_address]) as pg,
+        RabbitMQNode(listen=[ns1.host_address, ns2.host_address]) as rabbit,
+    ):
         pg.create_database("guest_ha")
-        db = pg.url("guest_ha", driver="postgresql+psycopg2")
+        rabbit.add_user("guest-ha-controller", "ctl-secret")
+        spaces = {"ctl-1": ns1, "ctl-2": ns2}
         collector = NotificationCollector(rabbit.url)
 
         def controller(name: str) -> ControllerProcess:
+            ns = spaces[name]
+            url = rabbit.url_for("guest-ha-controller", "ctl-secret")
             return ControllerProcess(
                 os.path.join(short_tmp, name),
-                rabbit.url,
+                url.replace("127.0.0.1", ns.host_address),
                 host=name,
-                database=db,
+                database=pg.url("guest_ha", driver="postgresql+psycopg2", address=ns.host_address),
                 reporters=["notification"],
+                netns=ns.name,
+                status_address=ns.address,
             ).start()
 
         try:

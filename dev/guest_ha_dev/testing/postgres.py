@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 from . import free_port
 
@@ -51,7 +51,9 @@ def pg_bin_dir() -> Path:
 
 
 class PostgresServer:
-    def __init__(self, base_dir: Optional[str] = None) -> None:
+    def __init__(self, base_dir: Optional[str] = None, listen: Sequence[str] = ()) -> None:
+        #: Extra addresses to listen on and trust (e.g. a test's veth addresses).
+        self.listen = list(listen)
         self.port = free_port()
         self._own_dir = base_dir is None
         self.dir = Path(base_dir or tempfile.mkdtemp(prefix="gha-pg-"))
@@ -82,7 +84,11 @@ class PostgresServer:
                 shutil.chown(path, PG_USER, PG_USER)
         if not (self.data / "PG_VERSION").exists():
             self._run("initdb", "-D", str(self.data), "-U", PG_USER, "-A", "trust", "-E", "UTF8")
-        opts = f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=on"
+            with open(self.data / "pg_hba.conf", "a", encoding="utf-8") as fh:
+                for addr in self.listen:  # the peers on those links (tests only)
+                    fh.write(f"host all all {addr.rsplit('.', 1)[0]}.0/24 trust\n")
+        addrs = ",".join(["127.0.0.1", *self.listen])
+        opts = f"-p {self.port} -k {self.sock} -c listen_addresses={addrs} -c fsync=on"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "start")
         self._started = True
         return self
@@ -98,8 +104,14 @@ class PostgresServer:
         self.psql(f'CREATE ROLE "{owner}" LOGIN')
         self.psql(f'CREATE DATABASE "{name}" OWNER "{owner}"')
 
-    def url(self, database: str, user: Optional[str] = None, driver: str = "postgresql") -> str:
-        return f"{driver}://{user or database}@127.0.0.1:{self.port}/{database}"
+    def url(
+        self,
+        database: str,
+        user: Optional[str] = None,
+        driver: str = "postgresql",
+        address: str = "127.0.0.1",
+    ) -> str:
+        return f"{driver}://{user or database}@{address}:{self.port}/{database}"
 
     def stop(self) -> None:
         if self._started:

@@ -192,7 +192,11 @@ class RabbitMQNode:
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         progress: Callable[[str], None] = _log,
+        listen: Sequence[str] = (),
     ) -> None:
+        #: Addresses the AMQP port also listens on (besides 127.0.0.1), e.g. the
+        #: root side of a test's veth pair; they must exist before start().
+        self.listen = list(listen)
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._progress = progress
@@ -264,7 +268,11 @@ class RabbitMQNode:
         (self.data_dir / "advanced.config").write_text("[].\n")
         (self.data_dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}\n"
-            "loopback_users.guest = true\n"
+            + "".join(
+                f"listeners.tcp.{i} = {addr}:{self.amqp_port}\n"
+                for i, addr in enumerate(self.listen, start=2)
+            )
+            + "loopback_users.guest = true\n"
             "log.file.level = info\n"
         )
         if _is_root():
