@@ -132,6 +132,21 @@ def test_live_migration_no_false_fault_and_heartbeats_resume(guest_image, e2e_di
                 assert [e["kind"] for e in mine(agents["src"], uuid)] == ["registered", "suspended"]
                 assert mine(agents["src"], uuid)[1]["detail"]["reason"] == "migrated"
                 assert [e["kind"] for e in mine(agents["dst"], uuid)] == ["registered"]
+                # The sequence libvirt emitted (what docs/operations.md describes).
+                lv = libvirt
+                assert [(e, d) for _, u, e, d in src_events.events if u == uuid][-2:] == [
+                    (lv.VIR_DOMAIN_EVENT_SUSPENDED, lv.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED),
+                    (lv.VIR_DOMAIN_EVENT_STOPPED, lv.VIR_DOMAIN_EVENT_STOPPED_MIGRATED),
+                ]
+                dst_seq = [(e, d) for _, u, e, d in dst_events.events if u == uuid]
+                assert dst_seq[0] == (
+                    lv.VIR_DOMAIN_EVENT_STARTED,
+                    lv.VIR_DOMAIN_EVENT_STARTED_MIGRATED,
+                )
+                assert (
+                    lv.VIR_DOMAIN_EVENT_RESUMED,
+                    lv.VIR_DOMAIN_EVENT_RESUMED_MIGRATED,
+                ) in dst_seq
                 status = ctl.status()
                 assert status["faults_by_kind"] == {} and status["recent_faults"] == []
                 assert status["computes"]["host-b"]["events"] >= 1
