@@ -35,6 +35,7 @@ APT_PACKAGES=(
     debootstrap busybox-static cpio e2fsprogs openssh-server openssh-client
     rabbitmq-server
     make musl-tools
+    postgresql
 )
 if [ "${GUEST_HA_SKIP_APT:-0}" != 1 ]; then
     apt_install "${APT_PACKAGES[@]}"

@@ -491,6 +491,21 @@ def test_resume_unregistered_guest_arms_restart_timeout():
     assert [e.kind for e in take_events(hb)] == ["restart_timeout"]
 
 
+def test_resume_unregistered_guest_sends_one_probe_whose_answer_is_refused():
+    """Live-migration destination: the guest still thinks it is registered."""
+    hb = HostHeartbeat(HostPolicy(restart_timeout_s=10), Nonces())
+    hb.connection_made(T0)
+    hb.expect_registration(T0, "started")
+    hb.resume(T0 + 1)
+    probes = [m for m in hb.outbox if m.msg_type == "challenge"]
+    assert len(probes) == 1
+    with pytest.raises(NotRegistered):
+        hb.receive(response(probes[0]), T0 + 1.1)
+    assert hb.state == hb.AWAITING_INIT and hb.misses == 0 and hb.events == []
+    hb.tick(T0 + 5)  # an unanswered probe is no miss
+    assert hb.events == []
+
+
 def test_restart_timeout_fires_once_without_registration():
     hb = HostHeartbeat(HostPolicy(restart_timeout_s=60), Nonces())
     hb.connection_made(T0)

@@ -160,6 +160,14 @@ class ForwardingSink:
         if not isinstance(ack, dict) or not ack.get("accepted") or not isinstance(keys, list):
             raise RuntimeError(f"unexpected acknowledgement {ack!r}")
         acked = set(keys)
+        rejected = ack.get("rejected")
+        if isinstance(rejected, list) and rejected:
+            LOG.error(
+                "controller rejected %d report(s) as not from this host's VMs "
+                "(report origin check): %s",
+                len(rejected),
+                ", ".join(str(k) for k in rejected[:5]),
+            )
         # Acknowledgements are per key; anything not acknowledged stays spooled.
         for entry in batch:
             if entry.key in acked:

@@ -43,6 +43,13 @@ def cmd_run(config_files: List[str], log_level: str) -> int:
         except Exception as exc:  # bad clouds.yaml etc.: a configuration error
             print(f"guest-ha-controller: [server_groups]: {exc}", file=sys.stderr)
             return 2
+    try:
+        from .origin import build_origin_check
+
+        origin = build_origin_check(conf)
+    except Exception as exc:  # bad clouds.yaml for mode=nova: a configuration error
+        print(f"guest-ha-controller: [report_origin]: {exc}", file=sys.stderr)
+        return 2
     service = ControllerService(
         database=c.database,
         reporters=reporters,
@@ -52,6 +59,7 @@ def cmd_run(config_files: List[str], log_level: str) -> int:
         retry_initial_s=c.retry_initial_s,
         retry_max_s=c.retry_max_s,
         server_groups=router,
+        origin=origin,
     )
     service.start()
     if router is not None:

@@ -6,6 +6,8 @@ from typing import List, Optional, Tuple
 
 from oslo_config import cfg
 
+from .origin import report_origin_opts
+
 REPORTERS = ("log", "notification", "nova", "masakari", "vitrage")
 
 controller_opts = [
@@ -19,8 +21,10 @@ controller_opts = [
     cfg.StrOpt(
         "database",
         default="/var/lib/guest-ha/controller.sqlite",
-        help="SQLite event store (de-duplication and delivery state). Controllers that "
-        "run active-active must share it.",
+        help="Event store (de-duplication and delivery state): a SQLite file, or a "
+        "PostgreSQL URL (postgresql+psycopg2://USER:PASSWORD@HOST/DB, through oslo.db) "
+        "for controllers on separate hosts. Controllers that run active-active must "
+        "share it.",
     ),
     cfg.IntOpt("dispatch_workers", default=4, min=1, help="Reporter delivery threads."),
     cfg.FloatOpt(
@@ -194,6 +198,7 @@ def register_opts(conf: cfg.ConfigOpts) -> cfg.ConfigOpts:
     conf.register_opts(vitrage_reporter_opts, group="reporter_vitrage")
     conf.register_opts(masakari_reporter_opts, group="reporter_masakari")
     conf.register_opts(server_groups_opts, group="server_groups")
+    conf.register_opts(report_origin_opts, group="report_origin")
     return conf
 
 
@@ -204,4 +209,5 @@ def list_opts() -> List[Tuple[Optional[str], list]]:
         ("reporter_vitrage", vitrage_reporter_opts),
         ("reporter_masakari", masakari_reporter_opts),
         ("server_groups", server_groups_opts),
+        ("report_origin", report_origin_opts),
     ]

@@ -11,9 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional
 
 from .dispatcher import Dispatcher
+from .origin import OriginCheck
 from .reporters import Reporter
 from .reporters.log import LogReporter
 from .store import EventStore
+from .store_sql import is_url
 
 LOG = logging.getLogger("guest_ha.controller")
 
@@ -54,7 +56,13 @@ class ControllerEndpoint:
                 "key": event.get("idempotency_key"),
                 "error": f"event lacks {', '.join(missing)}",
             }
-        host = str(event.get("compute_host") or (ctxt or {}).get("host") or "unknown")
+        accepted, rejected, _ = self.service.origin.screen(ctxt, [event])
+        if rejected:
+            return {"accepted": True, "key": event["idempotency_key"], "rejected": rejected[0][1]}
+        if not accepted:
+            raise RuntimeError("report origin cannot be checked now; offer it again")
+        sender = self.service.origin.sender_host(ctxt) if self.service.origin.enabled else None
+        host = sender or str(event.get("compute_host") or (ctxt or {}).get("host") or "unknown")
         fresh = self.service.store.accept(event, self.service.reporter_names, host)
         self.service.computes.seen(host)
         with self.service.computes.lock:
@@ -80,9 +88,13 @@ class ControllerEndpoint:
         ]
         if len(good) != len(events):
             LOG.error("refused %d malformed event(s) in a batch", len(events) - len(good))
+        # Report origin check (origin.py): rejected ones are acknowledged, never
+        # stored; undecided ones are not acknowledged and stay in the agent's spool.
+        checked, rejected, _undecided = self.service.origin.screen(ctxt, good)
         by_host: Dict[str, List[Dict[str, Any]]] = {}
-        for event in good:
-            host = str(event.get("compute_host") or (ctxt or {}).get("host") or "unknown")
+        sender = self.service.origin.sender_host(ctxt) if self.service.origin.enabled else None
+        for event in checked:
+            host = sender or str(event.get("compute_host") or (ctxt or {}).get("host") or "unknown")
             by_host.setdefault(host, []).append(event)
         for host, batch in by_host.items():
             fresh = self.service.store.accept_many(batch, self.service.reporter_names, host)
@@ -106,10 +118,12 @@ class ControllerEndpoint:
             for e in events
             if isinstance(e, dict) and e not in good and isinstance(e.get("idempotency_key"), str)
         ]
+        rejected_keys = [e["idempotency_key"] for e, _ in rejected]
         return {
             "accepted": True,
-            "keys": [e["idempotency_key"] for e in good] + refused,
+            "keys": [e["idempotency_key"] for e in checked] + rejected_keys + refused,
             "refused": refused,
+            "rejected": rejected_keys,
         }
 
     def compute_status(
@@ -136,12 +150,16 @@ class ControllerEndpoint:
         group: Optional[str] = None,
     ) -> None:
         """Route one server-group PDU of ``instance_uuid``, relayed by ``host``'s agent."""
+        if not self.service.origin.host_ok(ctxt, host, "sg_relay"):
+            return
         router = self._sg_router("sg_relay")
         if router is not None:
             router.relay(host, instance_uuid, msg_type, fields, group)
 
     def sg_relay_batch(self, ctxt: Dict[str, Any], host: str, items: List[Dict[str, Any]]) -> None:
         """Route several server-group PDUs relayed by ``host``'s agent in one message."""
+        if not self.service.origin.host_ok(ctxt, host, "sg_relay_batch"):
+            return
         router = self._sg_router("sg_relay_batch")
         if router is not None and isinstance(items, list):
             router.relay_batch(host, items)
@@ -151,6 +169,9 @@ class ControllerEndpoint:
     ) -> Dict[str, Any]:
         """``host``'s VMs ``[{uuid, name, state, power_state, task_state?, group?}]``
         (standalone membership and member state); ``full``: the complete list."""
+        if not self.service.origin.host_ok(ctxt, host, "vm_states"):
+            return {"ok": False, "error": "not sent by that host's broker user"}
+        self.service.origin.observe_vm_states(host, vms, full)
         router = self._sg_router("vm_states")
         if router is not None:
             router.vm_states(host, vms, full)
@@ -175,10 +196,17 @@ class ControllerService:
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
         server_groups: Any = None,
+        origin: Optional[OriginCheck] = None,
     ) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
         self.host = host
-        self.store = EventStore(database)
+        self.store: Any
+        if is_url(database):  # a shared SQL server (controllers on separate hosts)
+            from .store_sql import SqlEventStore
+
+            self.store = SqlEventStore(database)
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+            self.store = EventStore(database)
         self.reporters = reporters
         self.reporter_names = sorted(reporters)
         self.dispatcher = Dispatcher(
@@ -197,6 +225,8 @@ class ControllerService:
         #: ``server_groups.ServerGroupRouter`` when server group messaging is enabled.
         self.server_groups = server_groups
         self._sg_disabled_warned = 0.0
+        #: Who may report which instance (origin.py); off unless configured.
+        self.origin = origin or OriginCheck("off", "")
 
     def heartbeat_event(self, event: Dict[str, Any]) -> None:
         """Tell a VM's server group peers that its heartbeat health changed."""
@@ -232,6 +262,11 @@ class ControllerService:
             "reporters": self.dispatcher.snapshot(),
             "computes": self.computes.snapshot(),
             **self.store.stats(),
+            "report_origin": {
+                "mode": self.origin.mode,
+                "rejected": dict(self.origin.rejected),
+                "undecided": self.origin.undecided,
+            },
             **(
                 {"server_groups": self.server_groups.snapshot()}
                 if self.server_groups is not None
@@ -282,6 +317,13 @@ class ControllerService:
                 "Deliveries by state.",
                 "state",
                 sorted(status["deliveries"].items()),
+            ),
+            (
+                "guest_ha_reports_rejected_total",
+                "counter",
+                "Reports refused by the report origin check, by reason.",
+                "reason",
+                sorted(status["report_origin"]["rejected"].items()),
             ),
             (
                 "guest_ha_compute_spool_depth",

@@ -37,6 +37,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import oslo_messaging
 
+from guest_ha.messaging.identity import rpc_server, stamp_user_id
 from guest_ha.messaging.options import configure
 
 LOG = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def get_transport(url: Optional[str] = None) -> oslo_messaging.Transport:
     Call ``transport.cleanup()`` when done.  Creating it does not connect.
     """
     conf = configure()
+    stamp_user_id()  # the broker vouches for who sent each message (identity.py)
     with _translated("get_transport"):
         transport = oslo_messaging.get_rpc_transport(conf, url=url)
         _transport_hosts[transport] = _broker_hosts(url)
@@ -115,9 +117,8 @@ def _serve(
 ) -> oslo_messaging.MessageHandlingServer:
     # No ``executor=`` argument: oslo.messaging 18.x deprecates it and picks
     # ``threading`` itself unless eventlet has monkey-patched ``thread``.
-    server = oslo_messaging.get_rpc_server(
-        transport, target, list(endpoints), access_policy=oslo_messaging.DefaultRPCAccessPolicy
-    )
+    # get_rpc_server() with a dispatcher that passes on the broker-validated sender.
+    server = rpc_server(transport, target, endpoints)
     _check_threading(server)
     if start:
         with _translated(f"serve {target.topic}"):

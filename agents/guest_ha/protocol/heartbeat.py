@@ -175,7 +175,10 @@ class HostHeartbeat:
         """A lifecycle operation ended (resume, migration done): heartbeat again.
 
         A guest still registered is challenged at once; otherwise it has
-        ``restart_timeout`` to register.
+        ``restart_timeout`` to register, and gets one probe challenge: a guest
+        that believes it is registered (it was, with the source host of a live
+        migration) answers it, the answer is refused with a ``nack``, and the
+        guest registers at once instead of after its own stale timeout.
         """
         if not self.connected or self.state in (self.EXITED, self.MONITORING):
             return
@@ -188,6 +191,10 @@ class HostHeartbeat:
         else:
             self.state = self.AWAITING_INIT
             self._arm_restart(now)
+            self.seq += 1
+            self.outbox.append(
+                Message(HEARTBEAT, "challenge", {"seq": self.seq, "nonce": self._nonce_source()})
+            )
 
     def receive(self, msg: Message, now: float) -> None:
         """Handle one validated guest-to-host heartbeat PDU.

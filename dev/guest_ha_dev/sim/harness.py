@@ -76,8 +76,11 @@ class EngineProcess:
         log_events: bool = False,
         log_level: str = "info",
         extra: Optional[Dict[str, Any]] = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
+        #: Command prefix, e.g. ``nsenter -t PID -m`` to run in another mount namespace.
+        self.wrapper = list(wrapper)
         os.makedirs(workdir, exist_ok=True)
         self.events_path = os.path.join(workdir, "events.jsonl")
         self.status_path = os.path.join(workdir, "compute.sock")
@@ -115,7 +118,15 @@ class EngineProcess:
             p for p in (package_root, env.get("PYTHONPATH", "")) if p
         )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "guest_ha.compute.cli", "run", "--config", self.config_path],
+            [
+                *self.wrapper,
+                sys.executable,
+                "-m",
+                "guest_ha.compute.cli",
+                "run",
+                "--config",
+                self.config_path,
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,

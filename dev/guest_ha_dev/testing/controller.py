@@ -26,11 +26,16 @@ class ControllerProcess:
         notification_topics: Sequence[str] = ("notifications",),
         notification_url: Optional[str] = None,
         extra: Optional[Dict[str, Dict[str, Any]]] = None,
+        netns: Optional[str] = None,
+        status_address: str = "127.0.0.1",
     ) -> None:
         os.makedirs(workdir, exist_ok=True)
         self.workdir = workdir
+        #: Run inside this network namespace (``ip netns exec``); then
+        #: ``status_address`` must be an address of it the test can reach.
+        self.netns = netns
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{status_address}:{self.port}"
         self.log_path = os.path.join(workdir, f"controller-{host}.log")
         self.config_path = os.path.join(workdir, f"controller-{host}.conf")
         sections: Dict[str, Dict[str, Any]] = {
@@ -39,7 +44,7 @@ class ControllerProcess:
             "controller": {
                 "reporters": ",".join(reporters),
                 "database": database or os.path.join(workdir, "controller.sqlite"),
-                "status_listen": f"127.0.0.1:{self.port}",
+                "status_listen": f"{status_address}:{self.port}",
                 "notification_topics": ",".join(notification_topics),
                 "retry_initial_s": 0.2,
                 "retry_max_s": 2.0,
@@ -63,8 +68,10 @@ class ControllerProcess:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.proc = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "guest_ha.controller.cli",

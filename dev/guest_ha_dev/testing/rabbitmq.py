@@ -192,7 +192,11 @@ class RabbitMQNode:
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         progress: Callable[[str], None] = _log,
+        listen: Sequence[str] = (),
     ) -> None:
+        #: Addresses the AMQP port also listens on (besides 127.0.0.1), e.g. the
+        #: root side of a test's veth pair; they must exist before start().
+        self.listen = list(listen)
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._progress = progress
@@ -264,7 +268,11 @@ class RabbitMQNode:
         (self.data_dir / "advanced.config").write_text("[].\n")
         (self.data_dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}\n"
-            "loopback_users.guest = true\n"
+            + "".join(
+                f"listeners.tcp.{i} = {addr}:{self.amqp_port}\n"
+                for i, addr in enumerate(self.listen, start=2)
+            )
+            + "loopback_users.guest = true\n"
             "log.file.level = info\n"
         )
         if _is_root():
@@ -423,6 +431,24 @@ class RabbitMQNode:
         self.stop()
         return self.start()
 
+    def add_user(self, user: str, password: str, vhost: str = "/") -> str:
+        """Create ``user`` with full permissions on ``vhost``; return its URL.
+
+        What the roles do for each compute host (its own broker credentials).
+        """
+        for args in (
+            ("add_user", user, password),
+            ("set_permissions", "-p", vhost, user, ".*", ".*", ".*"),
+        ):
+            res = self.ctl("rabbitmqctl", "-q", *args)
+            if res.returncode != 0:
+                raise RabbitMQError(f"rabbitmqctl {args[0]} {user}: {res.stderr.strip()}")
+        return self.url_for(user, password, vhost)
+
+    def url_for(self, user: str, password: str, vhost: str = "/") -> str:
+        path = "" if vhost == "/" else vhost
+        return f"rabbit://{user}:{password}@127.0.0.1:{self.amqp_port}/{path}"
+
     def tail_log(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
@@ -440,7 +466,93 @@ class RabbitMQNode:
                 shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
+class RabbitMQCluster:
+    """A private RabbitMQ cluster of ``size`` ``RabbitMQNode``s on this machine.
+
+    The nodes share the Erlang cookie (same user), are named and ported apart,
+    and nodes 2..n join node 1 (``stop_app``, ``join_cluster``, ``start_app``).
+    ``url`` lists every node, so oslo.messaging fails over between them.
+    ``kill(i)`` SIGKILLs one node; ``start_node(i)`` brings it back (it rejoins
+    from its own data folder).
+    """
+
+    def __init__(self, size: int = 3, progress: Callable[[str], None] = _log) -> None:
+        self._progress = progress
+        self.nodes = [RabbitMQNode(progress=progress) for _ in range(size)]
+
+    def _ok(self, node: RabbitMQNode, *args: str) -> None:
+        res = node.ctl("rabbitmqctl", "-q", *args, timeout=120)
+        if res.returncode != 0:
+            raise RabbitMQError(f"{node.node_name}: rabbitmqctl {' '.join(args)}: {res.stderr}")
+
+    def start(self) -> "RabbitMQCluster":
+        first = self.nodes[0]
+        for node in self.nodes:
+            node.start()
+        for node in self.nodes[1:]:
+            self._ok(node, "stop_app")
+            self._ok(node, "join_cluster", first.node_name)
+            self._ok(node, "start_app")
+        self.wait_members(len(self.nodes))
+        self._progress(f"cluster of {len(self.nodes)} running: {self.url}")
+        return self
+
+    def running_members(self, via: Optional[RabbitMQNode] = None) -> list:
+        import json
+
+        node = via or next(n for n in self.nodes if n._process_alive())
+        res = node.ctl("rabbitmqctl", "-q", "cluster_status", "--formatter", "json", timeout=30)
+        if res.returncode != 0:
+            return []
+        try:
+            return list(json.loads(res.stdout).get("running_nodes", []))
+        except ValueError:
+            return []
+
+    def wait_members(self, count: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.running_members()) < count:
+            if time.monotonic() > deadline:
+                raise RabbitMQError(f"cluster has not {count} running nodes after {timeout} s")
+            time.sleep(0.5)
+
+    @property
+    def url(self) -> str:
+        return self.url_for("guest", "guest")
+
+    def url_for(self, user: str, password: str, vhost: str = "/") -> str:
+        path = "" if vhost == "/" else vhost
+        hosts = ",".join(f"{user}:{password}@127.0.0.1:{n.amqp_port}" for n in self.nodes)
+        return f"rabbit://{hosts}/{path}"
+
+    def kill(self, index: int) -> None:
+        self.nodes[index].kill()
+
+    def start_node(self, index: int) -> None:
+        self.nodes[index].start()
+        self.wait_members(len(self.nodes))
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            try:
+                node.stop()
+            finally:
+                if node._own_dir:
+                    shutil.rmtree(node.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "RabbitMQCluster":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
 __all__: Sequence[str] = [
+    "RabbitMQCluster",
     "RabbitMQError",
     "RabbitMQNode",
     "ensure_erlang_cookie",
