@@ -10,6 +10,7 @@ import socket
 import threading
 from typing import Any, Dict, List, Optional
 
+from ..protocol.events import EventKind
 from .config import ComputeConfig
 from .forwarder import ForwardingSink
 from .sg_relay import ComputeEndpoint, ServerGroupRelay
@@ -136,9 +137,7 @@ class ControllerLink:
 
 
 STATES_INTERVAL_S = 5.0
-_STATE_EVENTS = frozenset(
-    {"registered", "exit", "suspended", "vm_crashed", "heartbeat_lost", "unhealthy", "recovered"}
-)
+_STATE_EVENTS = frozenset(EventKind)
 
 
 def _nova_states(vm: Any) -> "tuple[str, str]":

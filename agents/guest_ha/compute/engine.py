@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..protocol import SERVER_GROUP, HeartbeatEvent, HostChannel, Message, ProtocolError
-from ..protocol.heartbeat import HEARTBEAT_LOST
+from ..protocol.events import EventKind
 from ..protocol.messages import HOST_TO_GUEST, make
 from .backoff import ReconnectBackoff
 from .config import ComputeConfig, ReconnectPolicy, VmSpec
@@ -463,7 +463,9 @@ class HeartbeatEngine:
                 else:
                     channel.reject(now, SERVER_GROUP, msg.msg_type, "not_enabled", NOT_ENABLED)
         for event in channel.take_events(self.clock()):
-            if vm.held or (event.kind == HEARTBEAT_LOST and self.fault_confirmer is not None):
+            if vm.held or (
+                event.kind == EventKind.HEARTBEAT_LOST and self.fault_confirmer is not None
+            ):
                 self._hold(vm, event)
             else:
                 self._emit(vm, event)
@@ -500,7 +502,7 @@ class HeartbeatEngine:
                 self.sg_delivered += 1
 
     def _emit(self, vm: VmConnection, event: HeartbeatEvent) -> None:
-        if not vm.spec.heartbeat and (event.is_fault or event.kind == "recovered"):
+        if not vm.spec.heartbeat and (event.is_fault or event.kind == EventKind.RECOVERED):
             return  # this VM opted in to messaging only
         self._send(vm, event.kind, event.is_fault, dict(event.detail))
         if self.recovery is not None:
@@ -557,12 +559,12 @@ class HeartbeatEngine:
         # Not running: the pause (or stop) explains the silence. Drop the fault
         # and its recovery; keep anything else, in order.
         LOG.info("%s missed heartbeat while the domain is %s: no fault", vm.log_prefix, state)
-        vm.channel.heartbeat.retract_fault(HEARTBEAT_LOST)
+        vm.channel.heartbeat.retract_fault(EventKind.HEARTBEAT_LOST)
         vm.lifecycle_suspended = state
         vm.channel.suspend(self.clock(), state)
         vm.channel.take_events()  # the "suspended" notice is not news
         for event in held:
-            if event.kind not in (HEARTBEAT_LOST, "recovered"):
+            if event.kind not in (EventKind.HEARTBEAT_LOST, EventKind.RECOVERED):
                 self._emit(vm, event)
 
     def _flush_dirty(self) -> None:

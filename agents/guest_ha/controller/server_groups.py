@@ -40,10 +40,12 @@ import time
 import uuid as uuidlib
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-LOG = logging.getLogger("guest_ha.controller.sg")
+from ..protocol.envelope import SERVER_GROUP, Envelope
+from ..protocol.errors import InvalidField, UnknownMessageType
+from ..protocol.events import EventKind
+from ..protocol.messages import GUEST_TO_HOST, MAX_STATUS_BYTES, validate
 
-#: Largest member status object / broadcast ``data`` (compact UTF-8 JSON).
-MAX_DATA_BYTES = 3050
+LOG = logging.getLogger("guest_ha.controller.sg")
 #: Nova API microversion: 2.47+ embeds flavors, 2.71+ has ``server_groups``.
 NOVA_MICROVERSION = "2.71"
 
@@ -68,12 +70,12 @@ CHANGE_FIELDS = ("state", "task_state", "power_state", "host", "guest_health")
 #: Lifecycle-suppressed events (``suspended``) leave it: the Nova/libvirt states
 #: tell that story.
 GUEST_HEALTH_OF_EVENT = {
-    "registered": "healthy",
-    "recovered": "healthy",
-    "heartbeat_lost": "heartbeat_lost",
-    "unhealthy": "unhealthy",
-    "vm_crashed": "vm_crashed",
-    "exit": "exited",
+    EventKind.REGISTERED: "healthy",
+    EventKind.RECOVERED: "healthy",
+    EventKind.HEARTBEAT_LOST: "heartbeat_lost",
+    EventKind.UNHEALTHY: "unhealthy",
+    EventKind.VM_CRASHED: "vm_crashed",
+    EventKind.EXIT: "exited",
 }
 
 #: ``OS-EXT-STS:power_state`` integers of the Nova API -> the names Nova's
@@ -139,7 +141,7 @@ def make_status(fields: Mapping[str, Any]) -> Dict[str, Any]:
     """A member status object (protocol §5.5) from Nova-named ``fields``.
 
     The mandatory fields are always present; optional ones only when known.
-    It is kept within 3050 bytes: optional fields go first, then the name is cut.
+    It is kept within ``MAX_STATUS_BYTES``: optional fields go first, then the name is cut.
     """
     status: Dict[str, Any] = {
         "uuid": str(fields.get("uuid") or ""),
@@ -153,10 +155,10 @@ def make_status(fields: Mapping[str, Any]) -> Dict[str, Any]:
         if fields.get(key) is not None:
             status[key] = fields[key]
     for key in reversed(STATUS_FIELDS[6:]):
-        if len(compact(status)) <= MAX_DATA_BYTES:
+        if len(compact(status)) <= MAX_STATUS_BYTES:
             break
         status.pop(key, None)
-    while len(compact(status)) > MAX_DATA_BYTES and status["display_name"]:
+    while len(compact(status)) > MAX_STATUS_BYTES and status["display_name"]:
         status["display_name"] = status["display_name"][: len(status["display_name"]) // 2]
     return status
 
@@ -827,9 +829,22 @@ class ServerGroupRouter:
                 instance_uuid,
             )
             return
-        if msg_type not in ("broadcast", "status_query"):
+        try:  # the protocol's own table, as the guest's host end checks it
+            pdu = validate(
+                Envelope(1, SERVER_GROUP, SERVER_GROUP, {**fields, "msg_type": msg_type}),
+                GUEST_TO_HOST,
+            )
+        except UnknownMessageType as exc:
             self.count("malformed")
-            self._nack(host, uuid, str(msg_type)[:64], "unknown_msg_type", "not routed")
+            self._nack(host, uuid, exc.msg_type, "unknown_msg_type", "not routed")
+            return
+        except InvalidField as exc:
+            self.count("malformed")
+            self._nack(host, uuid, exc.msg_type, "invalid_field", exc.message)
+            return
+        if pdu.msg_type not in ("broadcast", "status_query"):
+            self.count("malformed")
+            self._nack(host, uuid, pdu.msg_type, "unknown_msg_type", "not routed")
             return
         if self.mode == "file" and group:
             # Trusted: the compute agent's operator-set group, never the guest's.
@@ -866,25 +881,17 @@ class ServerGroupRouter:
                 known_host,
             )
         if msg_type == "broadcast":
-            if "data" not in fields or len(compact(fields["data"])) > MAX_DATA_BYTES:
-                self.count("malformed")
-                self._nack(host, uuid, msg_type, "invalid_field", "data missing or over 3050 bytes")
-                return
             self.count("broadcasts")
             members.discard(uuid)
             self._send(
                 self._to_members(
                     sorted(members),
                     "broadcast",
-                    {"source_instance": uuid, "data": fields["data"]},
+                    {"source_instance": uuid, "data": pdu["data"]},
                 )
             )
         else:
-            seq = fields.get("seq")
-            if not isinstance(seq, int) or isinstance(seq, bool):
-                self.count("malformed")
-                self._nack(host, uuid, msg_type, "invalid_field", "seq must be an integer")
-                return
+            seq = pdu["seq"]
             self.count("status_queries")
             items = [
                 {

@@ -18,6 +18,7 @@ from .errors import (
     UnknownMessageType,
     UnsupportedVersion,
 )
+from .events import EventKind
 from .framing import MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from .heartbeat import (
     FAULT_KINDS,
@@ -40,6 +41,7 @@ __all__ = [
     "SERVER_GROUP",
     "ChannelLimits",
     "Envelope",
+    "EventKind",
     "FrameDecoder",
     "FrameTooLarge",
     "GuestChannel",

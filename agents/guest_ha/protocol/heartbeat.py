@@ -14,34 +14,34 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .envelope import HEARTBEAT
 from .errors import NotRegistered
+from .events import FAULT_KINDS, EventKind
 from .messages import (
     GUEST_TO_HOST,
     HEALTHY,
     HOST_TO_GUEST,
+    MAX_REASON_CHARS,
     UNHEALTHY,
     Message,
     _printable,
     make,
 )
 
-# Host-side event kinds. Faults first.
-HEARTBEAT_LOST = "heartbeat_lost"
-UNHEALTHY_FAULT = "unhealthy"
-RESTART_TIMEOUT = "restart_timeout"
-VM_CRASHED = "vm_crashed"
-"""Reported by the hypervisor side (QEMU died, guest panic, domain destroyed)."""
-FAULT_KINDS = frozenset({HEARTBEAT_LOST, UNHEALTHY_FAULT, RESTART_TIMEOUT, VM_CRASHED})
-RECOVERED = "recovered"
-REGISTERED = "registered"
-EXIT = "exit"
-SUSPENDED = "suspended"
+# Host-side event kinds (owned by events.EventKind), under their historic names.
+HEARTBEAT_LOST = EventKind.HEARTBEAT_LOST
+UNHEALTHY_FAULT = EventKind.UNHEALTHY
+RESTART_TIMEOUT = EventKind.RESTART_TIMEOUT
+VM_CRASHED = EventKind.VM_CRASHED
+RECOVERED = EventKind.RECOVERED
+REGISTERED = EventKind.REGISTERED
+EXIT = EventKind.EXIT
+SUSPENDED = EventKind.SUSPENDED
 
 
 @dataclass(frozen=True)
 class HeartbeatEvent:
     """Something the host learnt about a guest. ``at`` is the caller's clock value."""
 
-    kind: str
+    kind: EventKind
     at: float
     detail: Dict[str, Any] = field(default_factory=dict)
 
@@ -338,7 +338,7 @@ class HostHeartbeat:
             detail.setdefault("interval_ms", self.interval_ms)
         if self.invocation_id is not None:
             detail.setdefault("invocation_id", self.invocation_id)
-        self.events.append(HeartbeatEvent(kind, now, detail))
+        self.events.append(HeartbeatEvent(EventKind(kind), now, detail))
 
 
 class GuestHeartbeat:
@@ -406,7 +406,7 @@ class GuestHeartbeat:
     def set_health(self, health: str, reason: str = "") -> None:
         if health not in (HEALTHY, UNHEALTHY):
             raise ValueError(f"health must be {HEALTHY!r} or {UNHEALTHY!r}")
-        self.health, self.reason = health, _printable(reason)[:256]
+        self.health, self.reason = health, _printable(reason)[:MAX_REASON_CHARS]
 
     def receive(self, msg: Message, now: float) -> None:
         if self.state in (self.IDLE, self.EXITED):
@@ -477,7 +477,7 @@ class GuestHeartbeat:
                     "exit",
                     GUEST_TO_HOST,
                     invocation_id=self.invocation_id,
-                    reason=_printable(reason)[:256],
+                    reason=_printable(reason)[:MAX_REASON_CHARS],
                 )
             )
         self.state = self.EXITED
