@@ -137,7 +137,7 @@ class ControllerLink:
 
 
 STATES_INTERVAL_S = 5.0
-_STATE_EVENTS = frozenset(EventKind)
+_STATE_EVENTS = frozenset(EventKind) - {EventKind.MISBEHAVING}
 
 
 def _nova_states(vm: Any) -> "tuple[str, str]":

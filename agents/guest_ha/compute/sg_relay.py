@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from typing import Any, Dict, List, Optional
 
 from ..protocol import Message
+from ..runtime import RateLimitedLog
 from .config import VmSpec
 
 LOG = logging.getLogger("guest_ha.compute.sg")
@@ -30,7 +30,7 @@ class ServerGroupRelay:
         self.relayed = 0
         self.dropped = 0
         self._queue: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue(max_queue)
-        self._last_warning = 0.0
+        self._rlog = RateLimitedLog(LOG, 5.0)
         self._thread = threading.Thread(target=self._run, name="sg-relay", daemon=True)
         self._thread.start()
 
@@ -54,10 +54,13 @@ class ServerGroupRelay:
 
     def _drop(self, why: str) -> None:
         self.dropped += 1
-        now = time.monotonic()
-        if now - self._last_warning > 5:
-            self._last_warning = now
-            LOG.warning("server group message dropped (%s); %d dropped so far", why, self.dropped)
+        self._rlog(
+            logging.WARNING,
+            "dropped",
+            "server group message dropped (%s); %d dropped so far",
+            why,
+            self.dropped,
+        )
 
     def _run(self) -> None:
         while True:

@@ -44,6 +44,7 @@ from ..protocol.envelope import SERVER_GROUP, Envelope
 from ..protocol.errors import InvalidField, UnknownMessageType
 from ..protocol.events import EventKind
 from ..protocol.messages import GUEST_TO_HOST, MAX_STATUS_BYTES, validate
+from ..runtime import RateLimitedLog
 
 LOG = logging.getLogger("guest_ha.controller.sg")
 #: Nova API microversion: 2.47+ embeds flavors, 2.71+ has ``server_groups``.
@@ -69,7 +70,7 @@ CHANGE_FIELDS = ("state", "task_state", "power_state", "host", "guest_health")
 #: guest-ha event kind -> the member's ``guest_health`` (what its heartbeat says).
 #: Lifecycle-suppressed events (``suspended``) leave it: the Nova/libvirt states
 #: tell that story.
-GUEST_HEALTH_OF_EVENT = {
+GUEST_HEALTH_OF_EVENT: Dict[str, str] = {
     EventKind.REGISTERED: "healthy",
     EventKind.RECOVERED: "healthy",
     EventKind.HEARTBEAT_LOST: "heartbeat_lost",
@@ -196,29 +197,6 @@ def canonical_uuid(value: Any) -> Optional[str]:
         return str(uuidlib.UUID(str(value)))
     except (ValueError, TypeError, AttributeError):
         return None
-
-
-class RateLimitedLog:
-    """At most one log line per key every ``interval_s``; the rest are counted."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
-        self.logger = logger
-        self.interval_s = interval_s
-        self._last: Dict[str, Tuple[float, int]] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, level: int, key: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        with self._lock:
-            last, suppressed = self._last.get(key, (0.0, 0))
-            if now - last < self.interval_s:
-                self._last[key] = (last, suppressed + 1)
-                return
-            self._last[key] = (now, 0)
-        if suppressed:
-            msg += " (%d similar suppressed)"
-            args = (*args, suppressed)
-        self.logger.log(level, msg, *args)
 
 
 # --------------------------------------------------------------------- membership

@@ -10,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional
 
+from ..runtime import RateLimitedLog
 from .dispatcher import Dispatcher
 from .reporters import Reporter
 from .reporters.log import LogReporter
@@ -196,7 +197,7 @@ class ControllerService:
         self._http: Optional[ThreadingHTTPServer] = None
         #: ``server_groups.ServerGroupRouter`` when server group messaging is enabled.
         self.server_groups = server_groups
-        self._sg_disabled_warned = 0.0
+        self._sg_disabled_log = RateLimitedLog(LOG, 60.0)
 
     def heartbeat_event(self, event: Dict[str, Any]) -> None:
         """Tell a VM's server group peers that its heartbeat health changed."""
@@ -208,9 +209,9 @@ class ControllerService:
             LOG.exception("[instance %s] peer notification failed", event["instance_uuid"])
 
     def sg_disabled_log(self, what: str) -> None:
-        if time.monotonic() - self._sg_disabled_warned > 60:
-            self._sg_disabled_warned = time.monotonic()
-            LOG.warning("%s received but [server_groups] is not enabled: dropped", what)
+        self._sg_disabled_log(
+            logging.WARNING, what, "%s received but [server_groups] is not enabled: dropped", what
+        )
 
     def start(self) -> None:
         self.dispatcher.start()

@@ -18,10 +18,9 @@ from .errors import (
     UnknownMessageType,
     UnsupportedVersion,
 )
-from .events import EventKind
+from .events import FAULT_KINDS, EventKind
 from .framing import MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from .heartbeat import (
-    FAULT_KINDS,
     GuestHeartbeat,
     HeartbeatEvent,
     HostHeartbeat,

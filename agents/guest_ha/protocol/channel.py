@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from .envelope import HEARTBEAT, SERVER_GROUP, decode_envelope
 from .errors import ProtocolError, RateLimited
+from .events import EventKind
 from .framing import MAX_FRAME_BYTES, FrameDecoder
 from .heartbeat import (
     EXIT,
@@ -27,7 +28,7 @@ from .heartbeat import (
     _default_nonce,
 )
 from .messages import GUEST_TO_HOST, HOST_TO_GUEST, Message, nack, validate
-from .ratelimit import TokenBucket
+from .ratelimit import LogLimiter, TokenBucket, suppressed_note
 
 
 @dataclass(frozen=True)
@@ -70,19 +71,19 @@ class _Limited:
     suppressed."""
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
-        self._bucket = TokenBucket(rate, burst, now)
-        self.suppressed = 0
+        self._limiter = LogLimiter(rate, burst)
         self.records: List[Tuple[int, str]] = []
 
+    @property
+    def suppressed(self) -> int:
+        return self._limiter.suppressed
+
     def add(self, now: float, line: str, level: int = logging.WARNING) -> bool:
-        if self._bucket.consume(now):
-            if self.suppressed:
-                line += f" ({self.suppressed} similar message(s) suppressed)"
-                self.suppressed = 0
-            self.records.append((level, line))
-            return True
-        self.suppressed += 1
-        return False
+        held = self._limiter.admit(now)
+        if held is None:
+            return False
+        self.records.append((level, line + suppressed_note(held)))
+        return True
 
     def take_records(self) -> List[Tuple[int, str]]:
         records, self.records = self.records, []
@@ -95,7 +96,7 @@ class _Limited:
 #: Events a guest can cause at will (by re-registering, exiting, or making its
 #: channel flap); they are rate limited per VM. Faults and ``recovered`` never are.
 GUEST_TRIGGERED_EVENTS = frozenset({REGISTERED, EXIT, SUSPENDED})
-MISBEHAVING = "misbehaving"
+MISBEHAVING = EventKind.MISBEHAVING
 
 
 class HostChannel:

@@ -25,6 +25,8 @@ class EventKind(str, Enum):
     REGISTERED = "registered"
     EXIT = "exit"
     SUSPENDED = "suspended"
+    MISBEHAVING = "misbehaving"
+    """The guest exceeded a rate limit; its channel is quiet for a while."""
 
     def __str__(self) -> str:
         return str(self.value)

@@ -37,7 +37,7 @@ from ...vitrage_datasource import (
 from . import HttpReporter, ReporterError, http_error
 
 #: Severity of the alarm per fault kind (``datasources_values/guest_ha.yaml``).
-SEVERITY = {
+SEVERITY: Dict[str, str] = {
     EventKind.HEARTBEAT_LOST: "critical",
     EventKind.VM_CRASHED: "critical",
     EventKind.RESTART_TIMEOUT: "critical",
