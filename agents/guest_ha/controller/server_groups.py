@@ -40,6 +40,7 @@ import time
 import uuid as uuidlib
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
+from ..messaging.payloads import SG_DELIVER, SG_SYNC, SgDelivery, VmState
 from ..protocol.envelope import SERVER_GROUP, Envelope
 from ..protocol.errors import InvalidField, UnknownMessageType
 from ..protocol.events import EventKind
@@ -481,7 +482,8 @@ class FileSource:
 # ------------------------------------------------------------------------- router
 
 
-Deliveries = Dict[str, List[Dict[str, Any]]]
+Deliveries = Dict[str, List[SgDelivery]]
+"""Per compute host, the PDUs for its VMs (one ``sg_deliver`` cast each)."""
 
 
 class ServerGroupRouter:
@@ -494,7 +496,7 @@ class ServerGroupRouter:
     def __init__(
         self,
         source: Any,
-        cast: Callable[[str, List[Dict[str, Any]]], None],
+        cast: Callable[[str, List[SgDelivery]], None],
         *,
         sync: Optional[Callable[[List[Dict[str, Any]]], None]] = None,
         cache_ttl_s: float = 300.0,
@@ -543,7 +545,7 @@ class ServerGroupRouter:
         self.listeners: List[Any] = []
         # Deliveries waiting for the sender thread, per host, in order. Without
         # a sender (unit tests, before start()) _send casts synchronously.
-        self._outbox: Dict[str, List[Dict[str, Any]]] = {}
+        self._outbox: Dict[str, List[SgDelivery]] = {}
         self._outbox_items = 0
         self._outbox_cond = threading.Condition()
         self._sender: Optional[threading.Thread] = None
@@ -711,7 +713,7 @@ class ServerGroupRouter:
                 self._outbox_items -= sum(len(items) for items in batch.values())
             self._cast_all(batch)
 
-    def _take(self, host: str) -> List[Dict[str, Any]]:
+    def _take(self, host: str) -> List[SgDelivery]:
         """The next cast's deliveries for ``host`` (at most MAX_CAST_ITEMS); the
         rest stays queued, in order, for the following cast."""
         items = self._outbox[host]
@@ -871,7 +873,7 @@ class ServerGroupRouter:
         else:
             seq = pdu["seq"]
             self.count("status_queries")
-            items = [
+            items: List[SgDelivery] = [
                 {
                     "instance_uuid": uuid,
                     "msg_type": "status_response",
@@ -884,7 +886,7 @@ class ServerGroupRouter:
             )
             self._send({host: items})
 
-    def vm_states(self, host: str, vms: Sequence[Mapping[str, Any]], full: bool = True) -> None:
+    def vm_states(self, host: str, vms: Sequence[VmState], full: bool = True) -> None:
         """A compute agent's report of its VMs (standalone membership and status).
 
         ``vms``: ``[{uuid, name, state, power_state, task_state?, group?}]``,
@@ -1172,11 +1174,11 @@ def build_router(conf: Any, transport: Any) -> ServerGroupRouter:
         retry=conf.guest_ha.rpc_connect_retries,
     ).prepare(fanout=True)
 
-    def cast(target_host: str, deliveries: List[Dict[str, Any]]) -> None:
-        computes.cast_to_host(target_host, "sg_deliver", deliveries=deliveries)
+    def cast(target_host: str, deliveries: List[SgDelivery]) -> None:
+        computes.cast_to_host(target_host, SG_DELIVER, deliveries=deliveries)
 
     def sync(ops: List[Dict[str, Any]]) -> None:
-        peers.cast({"host": host}, "sg_sync", origin=controller_id, ops=ops)
+        peers.cast({"host": host}, SG_SYNC, origin=controller_id, ops=ops)
 
     return ServerGroupRouter(
         source,

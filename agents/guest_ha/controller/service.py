@@ -10,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional
 
+from ..messaging.payloads import REQUIRED_EVENT_KEYS, SgRelayPdu, VmState
 from ..runtime import RateLimitedLog
 from .dispatcher import Dispatcher
 from .reporters import Reporter
@@ -17,8 +18,6 @@ from .reporters.log import LogReporter
 from .store import EventStore
 
 LOG = logging.getLogger("guest_ha.controller")
-
-REQUIRED_EVENT_KEYS = ("idempotency_key", "instance_uuid", "kind")
 
 
 class ComputeRegistry:
@@ -141,14 +140,14 @@ class ControllerEndpoint:
         if router is not None:
             router.relay(host, instance_uuid, msg_type, fields, group)
 
-    def sg_relay_batch(self, ctxt: Dict[str, Any], host: str, items: List[Dict[str, Any]]) -> None:
+    def sg_relay_batch(self, ctxt: Dict[str, Any], host: str, items: List[SgRelayPdu]) -> None:
         """Route several server-group PDUs relayed by ``host``'s agent in one message."""
         router = self._sg_router("sg_relay_batch")
         if router is not None and isinstance(items, list):
             router.relay_batch(host, items)
 
     def vm_states(
-        self, ctxt: Dict[str, Any], host: str, vms: List[Dict[str, Any]], full: bool = True
+        self, ctxt: Dict[str, Any], host: str, vms: List[VmState], full: bool = True
     ) -> Dict[str, Any]:
         """``host``'s VMs ``[{uuid, name, state, power_state, task_state?, group?}]``
         (standalone membership and member state); ``full``: the complete list."""
