@@ -35,6 +35,7 @@ APT_PACKAGES=(
     debootstrap busybox-static cpio e2fsprogs openssh-server openssh-client
     rabbitmq-server
     make musl-tools
+    shellcheck
 )
 if [ "${GUEST_HA_SKIP_APT:-0}" != 1 ]; then
     apt_install "${APT_PACKAGES[@]}"
@@ -51,7 +52,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 STAMP=.venv/.guest-ha-installed
-WANT=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+WANT=$(sha256sum <pyproject.toml | cut -d" " -f1)
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     log "installing guest-ha and its test dependencies into .venv"
     .venv/bin/pip install -q --cache-dir "$CACHE/pip" --upgrade pip >/dev/null 2>&1 || true
