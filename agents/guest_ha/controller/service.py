@@ -119,7 +119,7 @@ class ControllerEndpoint:
         self.service.computes.seen(host, spool_depth=int(spool_depth), vms=int(vms))
         return {"ok": True}
 
-    # -- server group messaging (cast by compute agents; see server_groups.py)
+    # -- server group messaging (cast by compute agents; see server_groups/)
     def _sg_router(self, what: str) -> Any:
         router = self.service.server_groups
         if router is None:
