@@ -31,7 +31,8 @@ without acting twice.
 
 The code lives in the modules of this package: ``membership`` (groups,
 members, status objects), ``sources`` (Nova or a YAML file), ``router``
-(routing, peer notifications, sg_sync) and ``wiring`` (building the router
+(routing, peer notifications, sg_sync), ``outbox`` (bounded, paced casts to
+the compute hosts) and ``wiring`` (building the router
 from the options, Nova's notification listener).
 """
 
@@ -53,7 +54,8 @@ from .membership import (
     nova_object_data,
     status_from_server,
 )
-from .router import Deliveries, ServerGroupRouter
+from .outbox import Deliveries, Outbox
+from .router import ServerGroupRouter
 from .sources import FileSource, MembershipError, NovaSource
 from .wiring import NovaNotificationEndpoint, build_router, start_listeners, start_nova_listener
 
@@ -72,6 +74,7 @@ __all__ = [
     "MembershipError",
     "NovaNotificationEndpoint",
     "NovaSource",
+    "Outbox",
     "ServerGroupRouter",
     "build_router",
     "canonical_uuid",

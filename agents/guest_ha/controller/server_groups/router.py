@@ -21,12 +21,9 @@ from .membership import (
     canonical_uuid,
     nova_object_data,
 )
+from .outbox import Deliveries, Outbox
 
 LOG = logging.getLogger("guest_ha.controller.sg")
-
-
-Deliveries = Dict[str, List[SgDelivery]]
-"""Per compute host, the PDUs for its VMs (one ``sg_deliver`` cast each)."""
 
 
 class ServerGroupRouter:
@@ -49,7 +46,6 @@ class ServerGroupRouter:
     ) -> None:
         self.source = source
         self.mode = getattr(source, "kind", "file")
-        self._cast = cast
         self._sync = sync
         self.cache_ttl_s = cache_ttl_s
         self.retry_s = retry_s
@@ -86,16 +82,7 @@ class ServerGroupRouter:
         self._fetch_lock = threading.Lock()
         self._fetching: Set[str] = set()
         self.listeners: List[Any] = []
-        # Deliveries waiting for the sender thread, per host, in order. Without
-        # a sender (unit tests, before start()) _send casts synchronously.
-        self._outbox: Dict[str, List[SgDelivery]] = {}
-        self._outbox_items = 0
-        self._outbox_cond = threading.Condition()
-        self._sender: Optional[threading.Thread] = None
-        # Casts to one host start at least this far apart; what arrives
-        # meanwhile waits and leaves in the next cast. Idle hosts get theirs at once.
-        self.cast_interval_s = cast_interval_s
-        self._last_cast: Dict[str, float] = {}
+        self.outbox = Outbox(cast, self.count, self.rlog, cast_interval_s)
 
     # -- lifecycle
     def count(self, key: str, n: int = 1) -> None:
@@ -131,8 +118,7 @@ class ServerGroupRouter:
         )
         self._thread = threading.Thread(target=self._run, name="sg-refresh", daemon=True)
         self._thread.start()
-        self._sender = threading.Thread(target=self._send_loop, name="sg-sender", daemon=True)
-        self._sender.start()
+        self.outbox.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -146,10 +132,7 @@ class ServerGroupRouter:
     def stop(self) -> None:
         self._stop.set()
         self._refresh_now.set()
-        with self._outbox_cond:
-            self._outbox_cond.notify_all()
-        if self._sender is not None:
-            self._sender.join(timeout=5)
+        self.outbox.stop()
         for listener in self.listeners:
             try:
                 listener.stop()
@@ -190,12 +173,8 @@ class ServerGroupRouter:
             self._batch.pending = None
         self._send(pending)
 
-    #: Most deliveries waiting for the sender; beyond it new ones are dropped
-    #: (best effort, counted and logged): a stuck broker cannot exhaust memory.
-    MAX_OUTBOX = 100_000
-    # One sg_deliver carries at most this many PDUs (each at most ~3.3 KB):
-    # a backlog leaves as several casts of bounded size, not one huge message.
-    MAX_CAST_ITEMS = 256
+    #: One sg_deliver carries at most this many PDUs (see ``Outbox``).
+    MAX_CAST_ITEMS = Outbox.MAX_CAST_ITEMS
 
     def _send(self, deliveries: Deliveries) -> None:
         pending = getattr(self._batch, "pending", None)
@@ -203,97 +182,7 @@ class ServerGroupRouter:
             for host, items in deliveries.items():
                 pending.setdefault(host, []).extend(items)
             return
-        if self._sender is not None:
-            self._enqueue(deliveries)
-            return
-        self._cast_all(deliveries)
-
-    def _enqueue(self, deliveries: Deliveries) -> None:
-        """Hand deliveries to the sender thread. While it casts (or a host's
-        ``cast_interval_s`` runs), more pile up and leave together in that host's
-        next cast, up to ``MAX_CAST_ITEMS`` each."""
-        dropped = 0
-        with self._outbox_cond:
-            new_host = False
-            for host, items in deliveries.items():
-                room = self.MAX_OUTBOX - self._outbox_items
-                if room < len(items):
-                    dropped += len(items) - max(room, 0)
-                    items = items[: max(room, 0)]
-                if items:
-                    pending = self._outbox.get(host)
-                    if pending is None:
-                        self._outbox[host] = pending = []
-                        new_host = True
-                    pending.extend(items)
-                    self._outbox_items += len(items)
-            if new_host:  # a host already waiting leaves when its interval is up
-                self._outbox_cond.notify()
-        if dropped:
-            self.count("outbox_dropped", dropped)
-            self.rlog(
-                logging.WARNING,
-                "outbox",
-                "server group outbox full: %d delivery(ies) dropped",
-                dropped,
-            )
-
-    def _send_loop(self) -> None:
-        while True:
-            with self._outbox_cond:
-                while True:
-                    stopping = self._stop.is_set()
-                    if not self._outbox:
-                        if stopping:
-                            return
-                        self._outbox_cond.wait()
-                        continue
-                    due, wait = self._due_hosts(time.monotonic(), flush=stopping)
-                    if due:
-                        break
-                    self._outbox_cond.wait(wait)
-                batch = {host: self._take(host) for host in due}
-                self._outbox_items -= sum(len(items) for items in batch.values())
-            self._cast_all(batch)
-
-    def _take(self, host: str) -> List[SgDelivery]:
-        """The next cast's deliveries for ``host`` (at most MAX_CAST_ITEMS); the
-        rest stays queued, in order, for the following cast."""
-        items = self._outbox[host]
-        if len(items) <= self.MAX_CAST_ITEMS:
-            return self._outbox.pop(host)
-        self._outbox[host] = items[self.MAX_CAST_ITEMS :]
-        return items[: self.MAX_CAST_ITEMS]
-
-    def _due_hosts(self, now: float, flush: bool = False) -> "tuple[List[str], float]":
-        """Hosts whose next cast may start now, and else how long until one may."""
-        if flush or self.cast_interval_s <= 0:
-            return list(self._outbox), 0.0
-        due, wait = [], self.cast_interval_s
-        for host in self._outbox:
-            ready_at = self._last_cast.get(host, float("-inf")) + self.cast_interval_s
-            if ready_at <= now:
-                due.append(host)
-            else:
-                wait = min(wait, ready_at - now)
-        return due, wait
-
-    def _cast_all(self, deliveries: Deliveries) -> None:
-        for host, items in deliveries.items():
-            self._last_cast[host] = time.monotonic()
-            try:
-                self._cast(host, items)
-                self.count("casts")
-                self.count("deliveries", len(items))
-            except Exception as exc:  # best effort: the broker is down, ...
-                self.count("cast_errors")
-                self.rlog(
-                    logging.WARNING,
-                    f"cast:{host}",
-                    "server group delivery to host %s dropped: %s",
-                    host,
-                    exc,
-                )
+        self.outbox.send(deliveries)
 
     def _to_members(
         self, members: Iterable[str], msg_type: str, fields: Mapping[str, Any]
