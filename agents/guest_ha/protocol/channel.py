@@ -451,8 +451,10 @@ class GuestChannel:
         self._out.clear()
 
     def take_log(self) -> List[str]:
+        """The heartbeat machine's events (``GuestEvent``, a ``str``), then log lines."""
         lines = self._log.take()
-        events, self.heartbeat.events = self.heartbeat.events, []
+        events: List[str] = list(self.heartbeat.events)
+        self.heartbeat.events = []
         return events + lines
 
     def _flush(self) -> None:

@@ -9,9 +9,22 @@ reporters all use these members, never their own string literals.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any, Dict
 
 
-class EventKind(str, Enum):
+class WireEnum(str, Enum):
+    """A ``str`` enum whose members are their wire spelling everywhere: in
+    ``str()``, formatting, JSON, and as dict and set keys."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    # Hash as the plain string (Enum hashes the member name): a value received
+    # as a string finds its entry in a set or dict keyed by members.
+    __hash__ = str.__hash__
+
+
+class EventKind(WireEnum):
     """What the host learnt about a guest (``HeartbeatEvent.kind``)."""
 
     # Faults.
@@ -28,13 +41,6 @@ class EventKind(str, Enum):
     MISBEHAVING = "misbehaving"
     """The guest exceeded a rate limit; its channel is quiet for a while."""
 
-    def __str__(self) -> str:
-        return str(self.value)
-
-    # Hash as the plain string (Enum hashes the member name): a kind received
-    # as a string finds its entry in a set or dict keyed by members.
-    __hash__ = str.__hash__
-
     @property
     def is_fault(self) -> bool:
         return self in FAULT_KINDS
@@ -49,3 +55,27 @@ FAULT_KINDS = frozenset(
     }
 )
 """The kinds that are faults (reported, acted on, retracted only by ``recovered``)."""
+
+
+class GuestEventKind(WireEnum):
+    """What the guest's heartbeat machine tells its daemon (for its log)."""
+
+    REGISTERED = "registered"
+    """An ``init_ack`` (or a first challenge) confirmed the registration."""
+    HOST_NACKED = "host_nacked"
+    STALE = "stale"
+    """No challenge for too long: registering again."""
+
+
+class GuestEvent(str):
+    """One guest-side event: a ``kind``, its ``detail`` fields, and (as the
+    string it is) the log line the daemon writes for it."""
+
+    kind: GuestEventKind
+    detail: Dict[str, Any]
+
+    def __new__(cls, kind: GuestEventKind, text: str, **detail: Any) -> "GuestEvent":
+        event = super().__new__(cls, text)
+        event.kind = kind
+        event.detail = detail
+        return event

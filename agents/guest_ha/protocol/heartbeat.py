@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .envelope import HEARTBEAT
 from .errors import NotRegistered
-from .events import FAULT_KINDS, EventKind
+from .events import FAULT_KINDS, EventKind, GuestEvent, GuestEventKind
 from .messages import (
     GUEST_TO_HOST,
     HEALTHY,
@@ -24,6 +24,16 @@ from .messages import (
     Message,
     _printable,
     make,
+)
+from .transitions import (
+    GuestInput,
+    GuestState,
+    HostInput,
+    HostState,
+    guest_handles,
+    guest_next,
+    host_handles,
+    host_next,
 )
 
 # Host-side event kinds (owned by events.EventKind), under their historic names.
@@ -84,17 +94,18 @@ def _default_nonce() -> str:
 class HostHeartbeat:
     """The compute host's view of one guest's heartbeat registration."""
 
-    AWAITING_INIT = "awaiting_init"
-    MONITORING = "monitoring"
-    EXITED = "exited"
-    SUSPENDED = "suspended"
+    # States and transitions: transitions.HostState, HOST_TRANSITIONS (§6.2).
+    AWAITING_INIT = HostState.AWAITING_INIT
+    MONITORING = HostState.MONITORING
+    EXITED = HostState.EXITED
+    SUSPENDED = HostState.SUSPENDED
 
     def __init__(
         self, policy: HostPolicy, nonce_source: Callable[[], str] = _default_nonce
     ) -> None:
         self.policy = policy
         self._nonce_source = nonce_source
-        self.state = self.SUSPENDED
+        self.state: HostState = self.SUSPENDED
         self.connected = False
         self.health = HEALTHY
         self.health_reason = ""
@@ -123,8 +134,8 @@ class HostHeartbeat:
     def connection_made(self, now: float) -> None:
         """The channel to the guest is up: the VM runs and should (re-)register."""
         self.connected = True
-        if self.state != self.EXITED:
-            self.state = self.AWAITING_INIT
+        if host_handles(self.state, HostInput.CHANNEL_UP):
+            self.state = host_next(self.state, HostInput.CHANNEL_UP)
             self._next_challenge = None
             self._arm_restart(now)
 
@@ -135,8 +146,7 @@ class HostHeartbeat:
     def suspend(self, now: float, reason: str) -> None:
         """Stop challenging without a fault (lifecycle operation, channel down)."""
         was_monitoring = self.state == self.MONITORING
-        if self.state != self.EXITED:
-            self.state = self.SUSPENDED
+        self.state = host_next(self.state, HostInput.SUSPEND)
         self._next_challenge = None
         self._restart_deadline = None
         self._answered = True
@@ -147,7 +157,7 @@ class HostHeartbeat:
         """The guest OS is (re)starting (boot, reboot): no fault now, but it must
         register within ``restart_timeout``."""
         self.suspend(now, reason)
-        self.state = self.SUSPENDED
+        self.state = host_next(self.state, HostInput.EXPECT_REGISTRATION)
         self._arm_restart(now)
 
     def report_fault(self, now: float, kind: str, reason: str, **detail: Any) -> None:
@@ -177,16 +187,17 @@ class HostHeartbeat:
         A guest still registered is challenged at once; otherwise it has
         ``restart_timeout`` to register.
         """
-        if not self.connected or self.state in (self.EXITED, self.MONITORING):
+        registered = self.invocation_id is not None
+        event = HostInput.RESUME_REGISTERED if registered else HostInput.RESUME
+        if not self.connected or not host_handles(self.state, event):
             return
-        if self.invocation_id is not None and self.state == self.SUSPENDED:
-            self.state = self.MONITORING
+        self.state = host_next(self.state, event)
+        if self.state == self.MONITORING:
             self.misses = 0
             self._send_challenge(now)
             if self._next_challenge is not None:
                 self._next_challenge += self.policy.resume_grace_s
         else:
-            self.state = self.AWAITING_INIT
             self._arm_restart(now)
 
     def receive(self, msg: Message, now: float) -> None:
@@ -259,7 +270,7 @@ class HostHeartbeat:
             if interval != old_interval:
                 self._next_challenge = self._challenge_sent_at + interval / 1000.0
             return
-        self.state = self.MONITORING
+        self.state = host_next(self.state, HostInput.REGISTER)
         self._next_challenge = None  # a new registration starts a fresh schedule
         self.misses = 0
         self._restart_deadline = None
@@ -300,7 +311,7 @@ class HostHeartbeat:
             return
         cleared = self.health if self.health != HEALTHY else None
         self.health, self.health_reason = HEALTHY, ""
-        self.state = self.EXITED
+        self.state = host_next(self.state, HostInput.EXIT)
         self._next_challenge = None
         self._restart_deadline = None
         self._emit(EXIT, now, reason=msg["reason"], cleared_fault=cleared)
@@ -344,10 +355,11 @@ class HostHeartbeat:
 class GuestHeartbeat:
     """The guest daemon's side of heartbeat registration."""
 
-    IDLE = "idle"
-    REGISTERING = "registering"
-    REGISTERED = "registered"
-    EXITED = "exited"
+    # States and transitions: transitions.GuestState, GUEST_TRANSITIONS (§6.4).
+    IDLE = GuestState.IDLE
+    REGISTERING = GuestState.REGISTERING
+    REGISTERED = GuestState.REGISTERED
+    EXITED = GuestState.EXITED
 
     def __init__(
         self,
@@ -366,7 +378,7 @@ class GuestHeartbeat:
         self.corrective_action = corrective_action
         self.init_retry_s = init_retry_s
         self.stale_intervals = stale_intervals
-        self.state = self.IDLE
+        self.state: GuestState = self.IDLE
         self.host_present = True
         self.health = HEALTHY
         self.reason = ""
@@ -374,7 +386,7 @@ class GuestHeartbeat:
         self._next_init: Optional[float] = None
         self._last_challenge = 0.0
         self.outbox: List[Message] = []
-        self.events: List[str] = []
+        self.events: List[GuestEvent] = []
         # Reject our own bad configuration early, with the receiver's rules.
         self._init_message()
 
@@ -389,14 +401,14 @@ class GuestHeartbeat:
         return make(HEARTBEAT, "init", GUEST_TO_HOST, **fields)
 
     def start(self, now: float) -> None:
-        self.state = self.REGISTERING
+        self.state = guest_next(self.state, GuestInput.START)
         self._send_init(now)
 
     def host_connected(self, now: float) -> None:
         """The port stopped reporting hang-up: a host process (re)connected."""
         self.host_present = True
-        if self.state in (self.REGISTERING, self.REGISTERED):
-            self.state = self.REGISTERING
+        if guest_handles(self.state, GuestInput.HOST_CONNECTED):
+            self.state = guest_next(self.state, GuestInput.HOST_CONNECTED)
             self._send_init(now)
 
     def host_disconnected(self, now: float) -> None:
@@ -414,15 +426,28 @@ class GuestHeartbeat:
         if msg.msg_type == "init_ack":
             if msg["invocation_id"] == self.invocation_id:
                 if self.state != self.REGISTERED:
-                    self.events.append(f"registered, interval {msg['interval_ms']} ms")
-                self.state = self.REGISTERED
+                    interval = msg["interval_ms"]
+                    self.events.append(
+                        GuestEvent(
+                            GuestEventKind.REGISTERED,
+                            f"registered, interval {interval} ms",
+                            interval_ms=interval,
+                        )
+                    )
+                self.state = guest_next(self.state, GuestInput.INIT_ACK)
                 self.effective_interval_ms = msg["interval_ms"]
                 self._last_challenge = now
         elif msg.msg_type == "challenge":
             self._last_challenge = now
             if self.state == self.REGISTERING:
-                self.state = self.REGISTERED
-                self.events.append("registered (challenged before init_ack)")
+                self.events.append(
+                    GuestEvent(
+                        GuestEventKind.REGISTERED,
+                        "registered (challenged before init_ack)",
+                        interval_ms=self.effective_interval_ms,
+                    )
+                )
+            self.state = guest_next(self.state, GuestInput.CHALLENGE)
             self.challenges_answered += 1
             self.outbox.append(
                 Message(
@@ -437,9 +462,17 @@ class GuestHeartbeat:
                 )
             )
         elif msg.msg_type == "nack":
-            self.events.append(f"host nacked {msg['orig_msg_type']}: {msg['log_msg']}")
+            orig, text = msg["orig_msg_type"], msg["log_msg"]
+            self.events.append(
+                GuestEvent(
+                    GuestEventKind.HOST_NACKED,
+                    f"host nacked {orig}: {text}",
+                    orig_msg_type=orig,
+                    log_msg=text,
+                )
+            )
             if msg["orig_msg_type"] in ("challenge_response", "init"):
-                self.state = self.REGISTERING
+                self.state = guest_next(self.state, GuestInput.NACK)
                 if msg["orig_msg_type"] == "challenge_response":
                     self._send_init(now)
 
@@ -450,8 +483,15 @@ class GuestHeartbeat:
         # ">=" against the very value next_deadline() returns: a tick at the
         # deadline must act, or an event loop would spin on it.
         elif self.state == self.REGISTERED and now >= self._stale_at():
-            self.events.append(f"no challenge for {self._stale_after():.1f} s: registering again")
-            self.state = self.REGISTERING
+            after = self._stale_after()
+            self.events.append(
+                GuestEvent(
+                    GuestEventKind.STALE,
+                    f"no challenge for {after:.1f} s: registering again",
+                    silent_s=after,
+                )
+            )
+            self.state = guest_next(self.state, GuestInput.STALE)
             self._send_init(now)
 
     def next_deadline(self) -> Optional[float]:
@@ -480,7 +520,7 @@ class GuestHeartbeat:
                     reason=_printable(reason)[:MAX_REASON_CHARS],
                 )
             )
-        self.state = self.EXITED
+        self.state = guest_next(self.state, GuestInput.SHUTDOWN)
 
     def _send_init(self, now: float) -> None:
         # Until an init_ack says otherwise, the effective interval is the one asked
