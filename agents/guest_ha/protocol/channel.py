@@ -99,7 +99,73 @@ GUEST_TRIGGERED_EVENTS = frozenset({REGISTERED, EXIT, SUSPENDED})
 MISBEHAVING = EventKind.MISBEHAVING
 
 
-class HostChannel:
+class _ChannelEnd:
+    """What both ends of the channel share: the receive loop (frames, envelope,
+    PDU validation for the direction this end receives) and bounded output."""
+
+    #: The direction of the PDUs this end receives.
+    RECEIVES = GUEST_TO_HOST
+
+    def __init__(self, max_frame: int) -> None:
+        self.decoder = FrameDecoder(max_frame)
+        self._out = bytearray()
+        self.server_group_inbox: List[Message] = []
+
+    # -- the receive loop
+    def _receive_frames(self, data: bytes, now: float) -> None:
+        for item in self.decoder.feed(data):
+            app = HEARTBEAT
+            try:
+                if isinstance(item, ProtocolError):
+                    raise item
+                assert isinstance(item, bytes)
+                envelope = decode_envelope(item)
+                app = envelope.dest_addr
+                self._accept(validate(envelope, self.RECEIVES), now)
+            except ProtocolError as exc:
+                self._rejected(app, exc, now)
+        self._flush()
+
+    def _accept(self, msg: Message, now: float) -> None:
+        """A valid PDU: heartbeat PDUs to the machine, server-group ones to the inbox."""
+        if msg.app == HEARTBEAT:
+            self._heartbeat_receive(msg, now)
+        else:
+            self.server_group_inbox.append(msg)
+
+    def _heartbeat_receive(self, msg: Message, now: float) -> None:
+        raise NotImplementedError
+
+    def _rejected(self, app: str, exc: ProtocolError, now: float) -> None:
+        raise NotImplementedError
+
+    # -- bounded output
+    def _output_limit(self) -> int:
+        raise NotImplementedError
+
+    def _output_dropped(self) -> None:
+        raise NotImplementedError
+
+    def _enqueue(self, msg: Message) -> bool:
+        """Queue one PDU's frame unless the output buffer would overflow."""
+        frame = msg.encode()
+        if len(self._out) + len(frame) > self._output_limit():
+            self._output_dropped()
+            return False
+        self._out += frame
+        return True
+
+    def pending_output(self) -> bytes:
+        return bytes(self._out)
+
+    def output_sent(self, count: int) -> None:
+        del self._out[:count]
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+
+class HostChannel(_ChannelEnd):
     """The compute host's end of one VM's channel."""
 
     def __init__(
@@ -109,9 +175,9 @@ class HostChannel:
         now: float,
         nonce_source: Callable[[], str] = _default_nonce,
     ) -> None:
+        super().__init__(limits.max_frame)
         self.limits = limits
         self.heartbeat = HostHeartbeat(policy, nonce_source)
-        self.decoder = FrameDecoder(limits.max_frame)
         self._app_buckets = {
             HEARTBEAT: TokenBucket(limits.heartbeat_rate, limits.heartbeat_burst, now),
             SERVER_GROUP: TokenBucket(limits.server_group_rate, limits.server_group_burst, now),
@@ -125,8 +191,6 @@ class HostChannel:
         self._notices: List[HeartbeatEvent] = []
         self._reported_fault: Optional[str] = None
         self._pending_recovery: Optional[HeartbeatEvent] = None
-        self._out = bytearray()
-        self.server_group_inbox: List[Message] = []
         self.counters: Dict[str, int] = {
             "bytes_in": 0,
             "frames_in": 0,
@@ -170,31 +234,22 @@ class HostChannel:
     def receive_data(self, data: bytes, now: float) -> None:
         self.counters["bytes_in"] += len(data)
         self._read_bucket.take_up_to(now, len(data))
-        for item in self.decoder.feed(data):
-            self._receive_frame(item, now)
-        self._flush()
+        self._receive_frames(data, now)
 
-    def _receive_frame(self, item: object, now: float) -> None:
-        app = HEARTBEAT
-        try:
-            if isinstance(item, ProtocolError):
-                raise item
-            assert isinstance(item, bytes)
-            envelope = decode_envelope(item)
-            app = envelope.dest_addr
-            msg = validate(envelope, GUEST_TO_HOST)
-            if not self._app_buckets[app].consume(now):
-                self.counters["rate_limited"] += 1
-                self._limit_hit(now, f"{app}_rate")
-                raise RateLimited(f"{app} rate limit exceeded, message dropped", msg.msg_type)
-            self.counters["frames_in"] += 1
-            if app == HEARTBEAT:
-                self.heartbeat.receive(msg, now)
-            else:
-                self.server_group_inbox.append(msg)
-        except ProtocolError as exc:
-            self.counters["bad_frames"] += 1
-            self.reject(now, app, exc.msg_type, exc.code, exc.message)
+    def _accept(self, msg: Message, now: float) -> None:
+        if not self._app_buckets[msg.app].consume(now):
+            self.counters["rate_limited"] += 1
+            self._limit_hit(now, f"{msg.app}_rate")
+            raise RateLimited(f"{msg.app} rate limit exceeded, message dropped", msg.msg_type)
+        self.counters["frames_in"] += 1
+        super()._accept(msg, now)
+
+    def _heartbeat_receive(self, msg: Message, now: float) -> None:
+        self.heartbeat.receive(msg, now)
+
+    def _rejected(self, app: str, exc: ProtocolError, now: float) -> None:
+        self.counters["bad_frames"] += 1
+        self.reject(now, app, exc.msg_type, exc.code, exc.message)
 
     def reject(self, now: float, app: str, msg_type: str, code: str, text: str) -> bool:
         """Answer a rejected PDU with a nack and a log line, within the nack limit
@@ -260,18 +315,13 @@ class HostChannel:
         """Queue one PDU for the guest; drop it if the output buffer is full."""
         if not self.heartbeat.connected:
             return False
-        frame = msg.encode()
-        if len(self._out) + len(frame) > self.limits.max_output_bytes:
-            self.counters["output_dropped"] += 1
-            return False
-        self._out += frame
-        return True
+        return self._enqueue(msg)
 
-    def pending_output(self) -> bytes:
-        return bytes(self._out)
+    def _output_limit(self) -> int:
+        return self.limits.max_output_bytes
 
-    def output_sent(self, count: int) -> None:
-        del self._out[:count]
+    def _output_dropped(self) -> None:
+        self.counters["output_dropped"] += 1
 
     @property
     def wants_write(self) -> bool:
@@ -373,43 +423,32 @@ class HostChannel:
                 self.queue(msg)
 
 
-class GuestChannel:
+class GuestChannel(_ChannelEnd):
     """The guest daemon's end of the channel."""
 
+    RECEIVES = HOST_TO_GUEST
+
     def __init__(self, heartbeat: GuestHeartbeat, now: float, max_frame: int = MAX_FRAME_BYTES):
+        super().__init__(max_frame)
         self.heartbeat = heartbeat
-        self.decoder = FrameDecoder(max_frame)
         self._error_bucket = TokenBucket(5.0, 10.0, now)
         self._log = _Limited(1.0, 5.0, now)
-        self._out = bytearray()
         self.max_output_bytes = 64 * 1024
-        self.server_group_inbox: List[Message] = []
         self.bad_frames = 0
         self.output_dropped = 0
 
     def receive_data(self, data: bytes, now: float) -> None:
-        for item in self.decoder.feed(data):
-            app = HEARTBEAT
-            try:
-                if isinstance(item, ProtocolError):
-                    raise item
-                assert isinstance(item, bytes)
-                envelope = decode_envelope(item)
-                app = envelope.dest_addr
-                msg = validate(envelope, HOST_TO_GUEST)
-                if app == HEARTBEAT:
-                    self.heartbeat.receive(msg, now)
-                else:
-                    self.server_group_inbox.append(msg)
-            except ProtocolError as exc:
-                self.bad_frames += 1
-                if self._error_bucket.consume(now):
-                    self._log.add(
-                        now, f"rejected {exc.msg_type or 'frame'} from host: {exc.message}"
-                    )
-                    if exc.msg_type != "nack":
-                        self.queue(nack(app, exc.msg_type, f"{exc.code}: {exc.message}"))
-        self._flush()
+        self._receive_frames(data, now)
+
+    def _heartbeat_receive(self, msg: Message, now: float) -> None:
+        self.heartbeat.receive(msg, now)
+
+    def _rejected(self, app: str, exc: ProtocolError, now: float) -> None:
+        self.bad_frames += 1
+        if self._error_bucket.consume(now):
+            self._log.add(now, f"rejected {exc.msg_type or 'frame'} from host: {exc.message}")
+            if exc.msg_type != "nack":
+                self.queue(nack(app, exc.msg_type, f"{exc.code}: {exc.message}"))
 
     def host_connected(self, now: float) -> None:
         # Whatever was queued for the previous host is stale: registration starts afresh.
@@ -434,18 +473,13 @@ class GuestChannel:
         self._flush()
 
     def queue(self, msg: Message) -> bool:
-        frame = msg.encode()
-        if len(self._out) + len(frame) > self.max_output_bytes:
-            self.output_dropped += 1
-            return False
-        self._out += frame
-        return True
+        return self._enqueue(msg)
 
-    def pending_output(self) -> bytes:
-        return bytes(self._out)
+    def _output_limit(self) -> int:
+        return self.max_output_bytes
 
-    def output_sent(self, count: int) -> None:
-        del self._out[:count]
+    def _output_dropped(self) -> None:
+        self.output_dropped += 1
 
     def discard_output(self) -> None:
         self._out.clear()
