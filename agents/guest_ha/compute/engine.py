@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..protocol import SERVER_GROUP, HeartbeatEvent, HostChannel, Message, ProtocolError
 from ..protocol.events import EventKind
+from ..protocol.faulthold import FaultHold
 from ..protocol.messages import HOST_TO_GUEST, make
 from .backoff import ReconnectBackoff
 from .config import ComputeConfig, ReconnectPolicy, VmSpec
@@ -51,9 +52,8 @@ class VmConnection:
         self.backoff = ReconnectBackoff(reconnect.initial_s, reconnect.max_s, reconnect.stable_s)
         self.read_paused = False
         self.scheduled_tick: Optional[float] = None
-        self.held: List[HeartbeatEvent] = []
-        """Events waiting for the hypervisor to confirm a fault (in order)."""
-        self.hold_token = 0
+        self.fault_hold = FaultHold()
+        """Events waiting for the hypervisor to confirm a fault (protocol core)."""
         self.source = "config"
         """Who asked for this VM: ``config``, ``socket_dir`` or ``libvirt``."""
         self.lifecycle_suspended = ""
@@ -348,9 +348,9 @@ class HeartbeatEngine:
                 self._after_channel_activity(vm)
             elif kind == "connect" and vm.state == DISCONNECTED:
                 self._try_connect(vm, now)
-            elif kind == "confirm_timeout" and vm.held:
+            elif kind == "confirm_timeout" and vm.fault_hold.holding:
                 LOG.warning("%s no answer from the hypervisor: reporting the fault", vm.log_prefix)
-                self._confirmed(uuid, vm.hold_token, True, "unknown")
+                self._confirmed(uuid, vm.fault_hold.token, True, "unknown")
             elif kind == "recovery" and self.recovery is not None:
                 self.recovery.on_timer(uuid)
             elif kind == "resume_read" and vm.read_paused and vm.sock is not None:
@@ -463,12 +463,11 @@ class HeartbeatEngine:
                 else:
                     channel.reject(now, SERVER_GROUP, msg.msg_type, "not_enabled", NOT_ENABLED)
         for event in channel.take_events(self.clock()):
-            if vm.held or (
-                event.kind == EventKind.HEARTBEAT_LOST and self.fault_confirmer is not None
-            ):
-                self._hold(vm, event)
-            else:
-                self._emit(vm, event)
+            ready, token = vm.fault_hold.offer(event, self.fault_confirmer is not None)
+            if token is not None:
+                self._ask_hypervisor(vm, token)
+            for ready_event in ready:
+                self._emit(vm, ready_event)
         for level, line in channel.take_log_records():
             LOG.log(level, "%s %s", vm.log_prefix, line)
         if self.recovery is not None:
@@ -528,44 +527,31 @@ class HeartbeatEngine:
         )
 
     # -- fault confirmation ---------------------------------------------------------
-    # A missed heartbeat can race a pause: the guest stops answering a few
-    # milliseconds before libvirt's "suspended" event reaches us. With a
-    # confirmer (libvirt mode), heartbeat_lost is held until the hypervisor says
-    # the domain is still running; events after it wait behind it, in order.
+    # The policy (hold heartbeat_lost until the hypervisor answers, retract it if
+    # the domain is not running) is the protocol core's FaultHold; here: the I/O.
 
-    def _hold(self, vm: VmConnection, event: HeartbeatEvent) -> None:
-        first = not vm.held
-        vm.held.append(event)
-        if first and self.fault_confirmer is not None:
-            uuid = vm.spec.uuid
-            token = vm.hold_token = vm.hold_token + 1
+    def _ask_hypervisor(self, vm: VmConnection, token: int) -> None:
+        assert self.fault_confirmer is not None
+        uuid = vm.spec.uuid
 
-            def answer(running: bool, state: str) -> None:
-                self.post(lambda: self._confirmed(uuid, token, running, state))
+        def answer(running: bool, state: str) -> None:
+            self.post(lambda: self._confirmed(uuid, token, running, state))
 
-            self.fault_confirmer(uuid, answer)
-            self._schedule(self.clock() + CONFIRM_TIMEOUT_S, "confirm_timeout", uuid)
+        self.fault_confirmer(uuid, answer)
+        self._schedule(self.clock() + CONFIRM_TIMEOUT_S, "confirm_timeout", uuid)
 
     def _confirmed(self, uuid: str, token: int, running: bool, state: str) -> None:
         vm = self.vms.get(uuid)
-        if vm is None or not vm.held or vm.hold_token != token:
+        if vm is None:
             return
-        held, vm.held = vm.held, []
-        vm.hold_token += 1
-        if running:
-            for event in held:
-                self._emit(vm, event)
+        events = vm.fault_hold.answer(token, running, state, vm.channel, self.clock())
+        if events is None:
             return
-        # Not running: the pause (or stop) explains the silence. Drop the fault
-        # and its recovery; keep anything else, in order.
-        LOG.info("%s missed heartbeat while the domain is %s: no fault", vm.log_prefix, state)
-        vm.channel.heartbeat.retract_fault(EventKind.HEARTBEAT_LOST)
-        vm.lifecycle_suspended = state
-        vm.channel.suspend(self.clock(), state)
-        vm.channel.take_events()  # the "suspended" notice is not news
-        for event in held:
-            if event.kind not in (EventKind.HEARTBEAT_LOST, EventKind.RECOVERED):
-                self._emit(vm, event)
+        if not running:
+            LOG.info("%s missed heartbeat while the domain is %s: no fault", vm.log_prefix, state)
+            vm.lifecycle_suspended = state
+        for event in events:
+            self._emit(vm, event)
 
     def _flush_dirty(self) -> None:
         dirty, self._dirty = self._dirty, set()
