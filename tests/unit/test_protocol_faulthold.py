@@ -1,4 +1,5 @@
-"""The protocol core's fault hold: heartbeat_lost waits for the hypervisor's word.
+"""The protocol core's fault hold (heartbeat_lost waits for the hypervisor's word) and
+the host channel's drain point.
 
 A real HostChannel and GuestChannel (the Link of conftest.py) make a real
 missed heartbeat; FaultHold decides what is reported once the hypervisor
@@ -12,6 +13,7 @@ import pytest
 from guest_ha.protocol.events import EventKind
 from guest_ha.protocol.faulthold import FaultHold
 from guest_ha.protocol.heartbeat import HeartbeatEvent
+from guest_ha.protocol.messages import make
 
 pytestmark = pytest.mark.unit
 
@@ -86,3 +88,22 @@ def test_stale_answers_are_ignored(proto, clock) -> None:
     lost = HeartbeatEvent(EventKind.HEARTBEAT_LOST, clock.now, {})
     ready, token = hold.offer(lost, True)
     assert ready == [] and token == hold.token and token != old
+
+
+def test_next_items_is_the_host_channels_one_drain_point(proto, clock) -> None:
+    """PDUs, events and log records come out of one call, typed, in that order."""
+    link = proto.Link(clock, interval_ms=1000)
+    link.host.connection_made(clock.now)
+    link.guest_hb.start(clock.now)
+    link.guest.tick(clock.now)
+    out = link.guest.pending_output()
+    link.guest.output_sent(len(out))
+    broadcast = make(proto.SERVER_GROUP, "broadcast", proto.GUEST_TO_HOST, data={"n": 1})
+    link.host.receive_data(out + broadcast.encode() + b"\n{not json}\n", clock.now)
+    items = link.host.next_items(clock.now)
+    kinds = [type(item).__name__ for item in items]
+    assert kinds == ["GuestPdu", "HeartbeatEvent", "LogRecord"], items
+    assert items[0].msg.msg_type == "broadcast" and items[0].msg["data"] == {"n": 1}
+    assert items[1].kind == EventKind.REGISTERED
+    assert "rejected" in items[2].text
+    assert link.host.next_items(clock.now) == []  # drained

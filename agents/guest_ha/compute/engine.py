@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..protocol import SERVER_GROUP, HeartbeatEvent, HostChannel, Message, ProtocolError
+from ..protocol.channel import GuestPdu, LogRecord
 from ..protocol.events import EventKind
 from ..protocol.faulthold import FaultHold
 from ..protocol.messages import HOST_TO_GUEST, make
@@ -450,26 +451,23 @@ class HeartbeatEngine:
 
     def _after_channel_activity(self, vm: VmConnection) -> None:
         channel = vm.channel
-        if channel.server_group_inbox:
-            # Already validated and rate-limited by the channel; the VM's identity
-            # is the channel's, never anything in the message.
-            inbox, channel.server_group_inbox = channel.server_group_inbox, []
+        # One drain point; handling a PDU may log, so drain until quiet.
+        while True:
             now = self.clock()
-            for msg in inbox:
-                if msg.msg_type == "nack":
-                    channel.log(now, f"guest nacked {msg['orig_msg_type']}: {msg['log_msg']}")
-                elif vm.spec.server_group_messaging and self.sg_relay is not None:
-                    self.sg_relay(vm.spec, msg)
+            items = channel.next_items(now)
+            if not items:
+                break
+            for item in items:
+                if isinstance(item, GuestPdu):
+                    self._guest_pdu(vm, item.msg, now)
+                elif isinstance(item, LogRecord):
+                    LOG.log(item.level, "%s %s", vm.log_prefix, item.text)
                 else:
-                    channel.reject(now, SERVER_GROUP, msg.msg_type, "not_enabled", NOT_ENABLED)
-        for event in channel.take_events(self.clock()):
-            ready, token = vm.fault_hold.offer(event, self.fault_confirmer is not None)
-            if token is not None:
-                self._ask_hypervisor(vm, token)
-            for ready_event in ready:
-                self._emit(vm, ready_event)
-        for level, line in channel.take_log_records():
-            LOG.log(level, "%s %s", vm.log_prefix, line)
+                    ready, token = vm.fault_hold.offer(item, self.fault_confirmer is not None)
+                    if token is not None:
+                        self._ask_hypervisor(vm, token)
+                    for ready_event in ready:
+                        self._emit(vm, ready_event)
         if self.recovery is not None:
             self.recovery.check_registration(vm)
         if channel.wants_write:
@@ -499,6 +497,15 @@ class HeartbeatEngine:
             if vm.channel.relay_nack(self.clock(), msg) if is_nack else vm.channel.queue(msg):
                 self._dirty.add(vm.spec.uuid)
                 self.sg_delivered += 1
+
+    def _guest_pdu(self, vm: VmConnection, msg: Message, now: float) -> None:
+        """A server-group PDU of the guest: relayed, or refused (not enabled)."""
+        if msg.msg_type == "nack":
+            vm.channel.log(now, f"guest nacked {msg['orig_msg_type']}: {msg['log_msg']}")
+        elif vm.spec.server_group_messaging and self.sg_relay is not None:
+            self.sg_relay(vm.spec, msg)
+        else:
+            vm.channel.reject(now, SERVER_GROUP, msg.msg_type, "not_enabled", NOT_ENABLED)
 
     def _emit(self, vm: VmConnection, event: HeartbeatEvent) -> None:
         if not vm.spec.heartbeat and (event.is_fault or event.kind == EventKind.RECOVERED):

@@ -4,7 +4,7 @@ Nothing here opens a socket or reads a clock: callers feed bytes and the
 current monotonic time, and collect bytes to send and events.
 """
 
-from .channel import ChannelLimits, GuestChannel, HostChannel
+from .channel import ChannelItem, ChannelLimits, GuestChannel, GuestPdu, HostChannel, LogRecord
 from .envelope import HEARTBEAT, PROTOCOL_VERSION, SERVER_GROUP, Envelope, decode_envelope
 from .errors import (
     FrameTooLarge,
@@ -38,6 +38,7 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
     "SERVER_GROUP",
+    "ChannelItem",
     "ChannelLimits",
     "Envelope",
     "EventKind",
@@ -45,12 +46,14 @@ __all__ = [
     "FrameTooLarge",
     "GuestChannel",
     "GuestHeartbeat",
+    "GuestPdu",
     "HeartbeatEvent",
     "HostChannel",
     "HostHeartbeat",
     "HostPolicy",
     "InvalidEnvelope",
     "InvalidField",
+    "LogRecord",
     "MalformedFrame",
     "Message",
     "NotRegistered",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from .envelope import HEARTBEAT, SERVER_GROUP, decode_envelope
 from .errors import ProtocolError, RateLimited
@@ -97,6 +97,26 @@ class _Limited:
 #: channel flap); they are rate limited per VM. Faults and ``recovered`` never are.
 GUEST_TRIGGERED_EVENTS = frozenset({REGISTERED, EXIT, SUSPENDED})
 MISBEHAVING = EventKind.MISBEHAVING
+
+
+@dataclass(frozen=True)
+class GuestPdu:
+    """A server-group PDU from the guest: validated and within the rate limit.
+    The VM's identity is the channel's, never anything in the PDU."""
+
+    msg: Message
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """A log line about this guest, under the per-VM log limit."""
+
+    level: int
+    text: str
+
+
+ChannelItem = Union[GuestPdu, HeartbeatEvent, LogRecord]
+"""What :meth:`HostChannel.next_items` hands out."""
 
 
 class _ChannelEnd:
@@ -384,6 +404,17 @@ class HostChannel(_ChannelEnd):
         self.counters["events_suppressed"] += 1
         self._limit_hit(now, "events")
         return False
+
+    def next_items(self, now: float) -> List[ChannelItem]:
+        """Everything that happened since the last call, in one list, in this
+        order: the guest's server-group PDUs, the events to report (within the
+        per-VM event limit, as :meth:`take_events`), then the log records.
+        Handling a PDU may add log lines: call again until it returns []."""
+        inbox, self.server_group_inbox = self.server_group_inbox, []
+        items: List[ChannelItem] = [GuestPdu(msg) for msg in inbox]
+        items += self.take_events(now)
+        items += [LogRecord(level, text) for level, text in self._log.take_records()]
+        return items
 
     def take_log(self) -> List[str]:
         return self._log.take()
