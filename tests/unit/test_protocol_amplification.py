@@ -103,7 +103,7 @@ def test_reinit_churn_is_limited_with_one_misbehaving_event():
 
 def test_faults_always_pass_and_flapping_is_coalesced():
     channel = host()
-    hb = channel.heartbeat
+    hb = channel._heartbeat
     out = []
     for i in range(100):  # unhealthy / recovered flapping, once a second
         hb._set_health("unhealthy" if i % 2 == 0 else "healthy", float(i), "flap")
@@ -120,7 +120,7 @@ def test_faults_always_pass_and_flapping_is_coalesced():
 
 def test_a_held_recovery_is_reported_when_the_limit_allows():
     channel = host(event_burst=1.0)
-    hb = channel.heartbeat
+    hb = channel._heartbeat
     hb._set_health("unhealthy", 0.0, "x")
     hb._set_health("healthy", 0.0, "")
     assert [e.kind for e in channel.take_events(0.0)] == ["unhealthy", "recovered"]
@@ -133,7 +133,7 @@ def test_a_held_recovery_is_reported_when_the_limit_allows():
 
 def test_a_different_fault_releases_the_held_recovery_first():
     channel = host(event_burst=1.0)
-    hb = channel.heartbeat
+    hb = channel._heartbeat
     hb._set_health("unhealthy", 0.0, "x")
     hb._set_health("healthy", 0.0, "")
     hb._set_health("unhealthy", 0.0, "x")
@@ -170,7 +170,7 @@ def test_exit_that_clears_a_fault_shares_the_budget():
     out = []
     for i in range(120):
         now = float(i)
-        channel.heartbeat.events += [
+        channel._heartbeat.events += [
             HeartbeatEvent("heartbeat_lost", now, {}),
             HeartbeatEvent("exit", now, {"cleared_fault": "heartbeat_lost"}),
             HeartbeatEvent("registered", now, {}),

@@ -66,13 +66,13 @@ def test_a_paused_domain_explains_the_silence(proto, clock) -> None:
     exit_event = HeartbeatEvent(EventKind.EXIT, clock.now, {"reason": "x"})
     recovered = HeartbeatEvent(EventKind.RECOVERED, clock.now, {})
     offer_all(hold, [*link.events, recovered, exit_event])
-    assert link.host.heartbeat.health == EventKind.HEARTBEAT_LOST
+    assert link.host.heartbeat_view.health == EventKind.HEARTBEAT_LOST
     events = hold.answer(hold.token, False, "paused", link.host, clock.now)
     # The fault and its recovery are dropped; anything else is kept.
     assert [e.kind for e in events] == [EventKind.EXIT]
     # Retracted on the channel (no event: it was never reported), heartbeating suspended.
-    assert link.host.heartbeat.health == "healthy"
-    assert link.host.heartbeat.state == "suspended"
+    assert link.host.heartbeat_view.health == "healthy"
+    assert link.host.heartbeat_view.state == "suspended"
     assert link.host.take_events() == []
 
 

@@ -81,7 +81,7 @@ class ControllerLink:
                     "power_state": power,
                     "task_state": None,
                     "group": vm.spec.server_group,
-                    "guest_health": vm.channel.heartbeat.health,
+                    "guest_health": vm.channel.heartbeat_view.health,
                 }
             )
         return out
@@ -146,7 +146,7 @@ _STATE_EVENTS = frozenset(EventKind) - {EventKind.MISBEHAVING}
 def _nova_states(vm: Any) -> "tuple[str, str]":
     """(vm_state, power_state) in Nova's words, from what the agent knows."""
     reason = vm.lifecycle_suspended or ""
-    if vm.channel.heartbeat.health == "vm_crashed":
+    if vm.channel.heartbeat_view.health == "vm_crashed":
         return "error", "crashed"
     if reason.startswith(("paused", "suspended", "pmsuspended")):
         return "paused", "paused"

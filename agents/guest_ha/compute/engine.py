@@ -26,6 +26,7 @@ from ..protocol.channel import GuestPdu, LogRecord
 from ..protocol.events import EventKind
 from ..protocol.faulthold import FaultHold
 from ..protocol.messages import HOST_TO_GUEST, make
+from ..protocol.transitions import HostState
 from .backoff import ReconnectBackoff
 from .config import ComputeConfig, ReconnectPolicy, VmSpec
 from .sinks import EventSink, VmEvent
@@ -584,7 +585,7 @@ class HeartbeatEngine:
         now = self.clock()
         vms = []
         for vm in sorted(self.vms.values(), key=lambda v: v.spec.name):
-            hb = vm.channel.heartbeat
+            hb = vm.channel.heartbeat_view
             vms.append(
                 {
                     "domain": vm.spec.name,
@@ -592,7 +593,7 @@ class HeartbeatEngine:
                     "socket": vm.spec.socket_path,
                     "channel": vm.state,
                     "heartbeat_state": hb.state,
-                    "registered": hb.state == hb.MONITORING,
+                    "registered": hb.state == HostState.MONITORING,
                     "guest_name": hb.name,
                     "interval_ms": hb.interval_ms,
                     "last_rtt_ms": None

@@ -23,6 +23,7 @@ from .heartbeat import (
     SUSPENDED,
     GuestHeartbeat,
     HeartbeatEvent,
+    HeartbeatView,
     HostHeartbeat,
     HostPolicy,
     _default_nonce,
@@ -197,7 +198,7 @@ class HostChannel(_ChannelEnd):
     ) -> None:
         super().__init__(limits.max_frame)
         self.limits = limits
-        self.heartbeat = HostHeartbeat(policy, nonce_source)
+        self._heartbeat = HostHeartbeat(policy, nonce_source)
         self._app_buckets = {
             HEARTBEAT: TokenBucket(limits.heartbeat_rate, limits.heartbeat_burst, now),
             SERVER_GROUP: TokenBucket(limits.server_group_rate, limits.server_group_burst, now),
@@ -229,14 +230,14 @@ class HostChannel(_ChannelEnd):
     def connection_made(self, now: float) -> None:
         self.decoder.reset()
         self._out.clear()
-        self.heartbeat.connection_made(now)
+        self._heartbeat.connection_made(now)
         self._flush()
 
     def connection_lost(self, now: float) -> None:
         self.decoder.reset()
         self._out.clear()
-        self.heartbeat.connection_lost(now)
-        self.heartbeat.outbox.clear()
+        self._heartbeat.connection_lost(now)
+        self._heartbeat.outbox.clear()
 
     # -- input --------------------------------------------------------------------
     def read_allowance(self, now: float) -> int:
@@ -265,7 +266,7 @@ class HostChannel(_ChannelEnd):
         super()._accept(msg, now)
 
     def _heartbeat_receive(self, msg: Message, now: float) -> None:
-        self.heartbeat.receive(msg, now)
+        self._heartbeat.receive(msg, now)
 
     def _rejected(self, app: str, exc: ProtocolError, now: float) -> None:
         self.counters["bad_frames"] += 1
@@ -322,18 +323,27 @@ class HostChannel(_ChannelEnd):
         """Whether a limit was hit within the last ``misbehaving_quiet_s``."""
         return self._misbehaving_until is not None and now < self._misbehaving_until
 
+    @property
+    def heartbeat_view(self) -> HeartbeatView:
+        """The heartbeat machine, read-only (status, metrics, recovery)."""
+        return self._heartbeat
+
+    def retract_fault(self, kind: str) -> None:
+        """Take back a reported fault the hypervisor explains (fault confirmation)."""
+        self._heartbeat.retract_fault(kind)
+
     # -- time ---------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        self.heartbeat.tick(now)
+        self._heartbeat.tick(now)
         self._flush()
 
     def next_deadline(self) -> Optional[float]:
-        return self.heartbeat.next_deadline()
+        return self._heartbeat.next_deadline()
 
     # -- output -------------------------------------------------------------------
     def queue(self, msg: Message) -> bool:
         """Queue one PDU for the guest; drop it if the output buffer is full."""
-        if not self.heartbeat.connected:
+        if not self._heartbeat.connected:
             return False
         return self._enqueue(msg)
 
@@ -355,7 +365,7 @@ class HostChannel(_ChannelEnd):
         are dropped (the controller still
         sees the VM in that fault, which it was), else the recovery is reported
         once the limit allows. ``now`` defaults to each event's time."""
-        events, self.heartbeat.events = self.heartbeat.events, []
+        events, self._heartbeat.events = self._heartbeat.events, []
         out: List[HeartbeatEvent] = []
         at = now
         for event in events:
@@ -425,31 +435,26 @@ class HostChannel(_ChannelEnd):
 
     # -- lifecycle (from the hypervisor side) ----------------------------------------
     def suspend(self, now: float, reason: str) -> None:
-        self.heartbeat.suspend(now, reason)
+        self._heartbeat.suspend(now, reason)
         self._flush()
 
     def resume(self, now: float) -> None:
-        self.heartbeat.resume(now)  # may challenge at once
+        self._heartbeat.resume(now)  # may challenge at once
         self._flush()
 
     def expect_registration(self, now: float, reason: str) -> None:
-        self.heartbeat.expect_registration(now, reason)
+        self._heartbeat.expect_registration(now, reason)
         # The hypervisor restarted the guest: its next registration is not churn.
         self._registration_expected = True
         self._flush()
 
     def report_fault(self, now: float, kind: str, reason: str, **detail: object) -> None:
-        self.heartbeat.report_fault(now, kind, reason, **detail)
-        self._flush()
-
-    def flush(self) -> None:
-        """Move PDUs the heartbeat machine produced to the output buffer (for callers
-        that drive ``self.heartbeat`` directly; the methods above do it themselves)."""
+        self._heartbeat.report_fault(now, kind, reason, **detail)
         self._flush()
 
     def _flush(self) -> None:
-        if self.heartbeat.outbox:
-            outbox, self.heartbeat.outbox = self.heartbeat.outbox, []
+        if self._heartbeat.outbox:
+            outbox, self._heartbeat.outbox = self._heartbeat.outbox, []
             for msg in outbox:
                 self.queue(msg)
 

@@ -67,7 +67,7 @@ class FaultHold:
         self.token += 1
         if running:
             return held
-        channel.heartbeat.retract_fault(EventKind.HEARTBEAT_LOST)
+        channel.retract_fault(EventKind.HEARTBEAT_LOST)
         channel.suspend(now, state)
         channel.take_events()  # the "suspended" notice is not news
         return [e for e in held if e.kind not in (EventKind.HEARTBEAT_LOST, EventKind.RECOVERED)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
 from .envelope import HEARTBEAT
 from .errors import NotRegistered
@@ -89,6 +89,38 @@ class HostPolicy:
 
 def _default_nonce() -> str:
     return secrets.token_hex(8)
+
+
+class HeartbeatView(Protocol):
+    """A read-only view of a host heartbeat machine, for status, metrics and
+    recovery (``HostChannel.heartbeat_view``): they read it, never drive it."""
+
+    @property
+    def state(self) -> HostState: ...
+    @property
+    def health(self) -> str: ...
+    @property
+    def health_reason(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def corrective_action(self) -> Optional[str]: ...
+    @property
+    def interval_ms(self) -> Optional[int]: ...
+    @property
+    def misses(self) -> int: ...
+    @property
+    def last_rtt_s(self) -> Optional[float]: ...
+    @property
+    def challenges_sent(self) -> int: ...
+    @property
+    def responses_ok(self) -> int: ...
+    @property
+    def missed_total(self) -> int: ...
+    @property
+    def stale_responses(self) -> int: ...
+    @property
+    def last_response_at(self) -> Optional[float]: ...
 
 
 class HostHeartbeat:
