@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from channel_support import drain, take_output
 from guest_ha.protocol.events import EventKind
 from guest_ha.protocol.faulthold import FaultHold
 from guest_ha.protocol.heartbeat import HeartbeatEvent
@@ -73,7 +74,7 @@ def test_a_paused_domain_explains_the_silence(proto, clock) -> None:
     # Retracted on the channel (no event: it was never reported), heartbeating suspended.
     assert link.host.heartbeat_view.health == "healthy"
     assert link.host.heartbeat_view.state == "suspended"
-    assert link.host.take_events() == []
+    assert drain(link.host, clock.now).events == []
 
 
 def test_stale_answers_are_ignored(proto, clock) -> None:
@@ -96,8 +97,7 @@ def test_next_items_is_the_host_channels_one_drain_point(proto, clock) -> None:
     link.host.connection_made(clock.now)
     link.guest_hb.start(clock.now)
     link.guest.tick(clock.now)
-    out = link.guest.pending_output()
-    link.guest.output_sent(len(out))
+    out = take_output(link.guest)
     broadcast = make(proto.SERVER_GROUP, "broadcast", proto.GUEST_TO_HOST, data={"n": 1})
     link.host.receive_data(out + broadcast.encode() + b"\n{not json}\n", clock.now)
     items = link.host.next_items(clock.now)

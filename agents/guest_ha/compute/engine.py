@@ -567,16 +567,13 @@ class HeartbeatEngine:
             vm = self.vms.get(uuid)
             if vm is None or vm.sock is None:
                 continue
-            pending = vm.channel.pending_output()
-            if pending:
-                try:
-                    sent = vm.sock.send(pending)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as exc:
-                    self._connection_lost(vm, self.clock(), str(exc))
-                    continue
-                vm.channel.output_sent(sent)
+            try:
+                vm.channel.send_output(vm.sock.send)
+            except (BlockingIOError, InterruptedError):
+                pass  # the socket is full: EVENT_WRITE stays on
+            except OSError as exc:
+                self._connection_lost(vm, self.clock(), str(exc))
+                continue
             self._update_interest(vm)
 
     # -- status -------------------------------------------------------------------

@@ -4,7 +4,16 @@ Nothing here opens a socket or reads a clock: callers feed bytes and the
 current monotonic time, and collect bytes to send and events.
 """
 
-from .channel import ChannelItem, ChannelLimits, GuestChannel, GuestPdu, HostChannel, LogRecord
+from .channel import (
+    ChannelItem,
+    ChannelLimits,
+    GuestChannel,
+    GuestItem,
+    GuestPdu,
+    HostChannel,
+    HostPdu,
+    LogRecord,
+)
 from .envelope import HEARTBEAT, PROTOCOL_VERSION, SERVER_GROUP, Envelope, decode_envelope
 from .errors import (
     FrameTooLarge,
@@ -46,10 +55,12 @@ __all__ = [
     "FrameTooLarge",
     "GuestChannel",
     "GuestHeartbeat",
+    "GuestItem",
     "GuestPdu",
     "HeartbeatEvent",
     "HostChannel",
     "HostHeartbeat",
+    "HostPdu",
     "HostPolicy",
     "InvalidEnvelope",
     "InvalidField",

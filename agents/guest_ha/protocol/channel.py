@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from .envelope import HEARTBEAT, SERVER_GROUP, decode_envelope
 from .errors import ProtocolError, RateLimited
-from .events import EventKind
+from .events import EventKind, GuestEvent
 from .framing import MAX_FRAME_BYTES, FrameDecoder
 from .heartbeat import (
     EXIT,
@@ -90,9 +90,6 @@ class _Limited:
         records, self.records = self.records, []
         return records
 
-    def take(self) -> List[str]:
-        return [line for _, line in self.take_records()]
-
 
 #: Events a guest can cause at will (by re-registering, exiting, or making its
 #: channel flap); they are rate limited per VM. Faults and ``recovered`` never are.
@@ -116,8 +113,18 @@ class LogRecord:
     text: str
 
 
+@dataclass(frozen=True)
+class HostPdu:
+    """A server-group PDU from the host, validated (the guest end's item)."""
+
+    msg: Message
+
+
 ChannelItem = Union[GuestPdu, HeartbeatEvent, LogRecord]
 """What :meth:`HostChannel.next_items` hands out."""
+
+GuestItem = Union[HostPdu, GuestEvent, LogRecord]
+"""What :meth:`GuestChannel.next_items` hands out."""
 
 
 class _ChannelEnd:
@@ -130,7 +137,7 @@ class _ChannelEnd:
     def __init__(self, max_frame: int) -> None:
         self.decoder = FrameDecoder(max_frame)
         self._out = bytearray()
-        self.server_group_inbox: List[Message] = []
+        self._server_group_inbox: List[Message] = []
 
     # -- the receive loop
     def _receive_frames(self, data: bytes, now: float) -> None:
@@ -152,7 +159,7 @@ class _ChannelEnd:
         if msg.app == HEARTBEAT:
             self._heartbeat_receive(msg, now)
         else:
-            self.server_group_inbox.append(msg)
+            self._server_group_inbox.append(msg)
 
     def _heartbeat_receive(self, msg: Message, now: float) -> None:
         raise NotImplementedError
@@ -176,11 +183,21 @@ class _ChannelEnd:
         self._out += frame
         return True
 
-    def pending_output(self) -> bytes:
-        return bytes(self._out)
+    @property
+    def wants_write(self) -> bool:
+        """Whether output is waiting (the shell then waits for the peer to be writable)."""
+        return bool(self._out)
 
-    def output_sent(self, count: int) -> None:
-        del self._out[:count]
+    def send_output(self, write: Callable[[bytes], int]) -> int:
+        """Offer the buffered output to ``write`` (a non-blocking send), which
+        returns how many bytes it took; those leave the buffer, the rest waits
+        for the next call. Returns that count. If ``write`` raises, nothing
+        leaves the buffer and the exception propagates."""
+        if not self._out:
+            return 0
+        sent = write(bytes(self._out))
+        del self._out[:sent]
+        return sent
 
     def _flush(self) -> None:
         raise NotImplementedError
@@ -328,9 +345,12 @@ class HostChannel(_ChannelEnd):
         """The heartbeat machine, read-only (status, metrics, recovery)."""
         return self._heartbeat
 
-    def retract_fault(self, kind: str) -> None:
-        """Take back a reported fault the hypervisor explains (fault confirmation)."""
+    def retract_fault(self, now: float, kind: str, state: str) -> None:
+        """The hypervisor explains a held fault (the domain is ``state``, not
+        running): forget it and suspend; the ``suspended`` notice is not news."""
         self._heartbeat.retract_fault(kind)
+        self.suspend(now, state)
+        self._take_events()
 
     # -- time ---------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -353,11 +373,7 @@ class HostChannel(_ChannelEnd):
     def _output_dropped(self) -> None:
         self.counters["output_dropped"] += 1
 
-    @property
-    def wants_write(self) -> bool:
-        return bool(self._out)
-
-    def take_events(self, now: Optional[float] = None) -> List[HeartbeatEvent]:
+    def _take_events(self, now: Optional[float] = None) -> List[HeartbeatEvent]:
         """Events to report, with guest-triggered ones within the per-VM event limit.
 
         Faults always pass. A ``recovered`` (or an ``exit`` that clears a fault)
@@ -418,20 +434,13 @@ class HostChannel(_ChannelEnd):
     def next_items(self, now: float) -> List[ChannelItem]:
         """Everything that happened since the last call, in one list, in this
         order: the guest's server-group PDUs, the events to report (within the
-        per-VM event limit, as :meth:`take_events`), then the log records.
+        per-VM event limit, as :meth:`_take_events`), then the log records.
         Handling a PDU may add log lines: call again until it returns []."""
-        inbox, self.server_group_inbox = self.server_group_inbox, []
+        inbox, self._server_group_inbox = self._server_group_inbox, []
         items: List[ChannelItem] = [GuestPdu(msg) for msg in inbox]
-        items += self.take_events(now)
+        items += self._take_events(now)
         items += [LogRecord(level, text) for level, text in self._log.take_records()]
         return items
-
-    def take_log(self) -> List[str]:
-        return self._log.take()
-
-    def take_log_records(self) -> List[Tuple[int, str]]:
-        """Log lines as (level, text), all levels under one per-VM limit."""
-        return self._log.take_records()
 
     # -- lifecycle (from the hypervisor side) ----------------------------------------
     def suspend(self, now: float, reason: str) -> None:
@@ -520,12 +529,16 @@ class GuestChannel(_ChannelEnd):
     def discard_output(self) -> None:
         self._out.clear()
 
-    def take_log(self) -> List[str]:
-        """The heartbeat machine's events (``GuestEvent``, a ``str``), then log lines."""
-        lines = self._log.take()
-        events: List[str] = list(self.heartbeat.events)
+    def next_items(self) -> List[GuestItem]:
+        """Everything that happened since the last call, in one list, in this
+        order: the host's server-group PDUs, the heartbeat machine's events
+        (``GuestEvent``, a ``str``: its log line), then the log records."""
+        inbox, self._server_group_inbox = self._server_group_inbox, []
+        items: List[GuestItem] = [HostPdu(msg) for msg in inbox]
+        items += self.heartbeat.events
         self.heartbeat.events = []
-        return events + lines
+        items += [LogRecord(level, text) for level, text in self._log.take_records()]
+        return items
 
     def _flush(self) -> None:
         if self.heartbeat.outbox:

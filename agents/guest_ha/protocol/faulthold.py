@@ -67,7 +67,5 @@ class FaultHold:
         self.token += 1
         if running:
             return held
-        channel.retract_fault(EventKind.HEARTBEAT_LOST)
-        channel.suspend(now, state)
-        channel.take_events()  # the "suspended" notice is not news
+        channel.retract_fault(now, EventKind.HEARTBEAT_LOST, state)
         return [e for e in held if e.kind not in (EventKind.HEARTBEAT_LOST, EventKind.RECOVERED)]
