@@ -477,6 +477,20 @@ def test_partial_output_write(clock):
     assert take_output(host) == offered[0][5:]
 
 
+def test_a_failed_write_leaves_the_output_queued(clock):
+    host = host_channel(clock.now)
+    host.receive_data(init_frame(), clock.now)
+    queued = peek_output(host)
+
+    def full(data: bytes) -> int:
+        raise BlockingIOError
+
+    with pytest.raises(BlockingIOError):
+        host.send_output(full)
+    assert queued and take_output(host) == queued
+    assert host.send_output(full) == 0  # nothing queued: write is not called
+
+
 def test_queue_refused_while_disconnected(clock):
     host = HostChannel(HostPolicy(), ChannelLimits(), clock.now)
     msg = make(SERVER_GROUP, "status_response_done", HOST_TO_GUEST, seq=1)
