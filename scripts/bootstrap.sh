@@ -36,6 +36,7 @@ APT_PACKAGES=(
     rabbitmq-server
     make musl-tools
     postgresql
+    shellcheck
 )
 if [ "${GUEST_HA_SKIP_APT:-0}" != 1 ]; then
     apt_install "${APT_PACKAGES[@]}"
@@ -52,7 +53,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 STAMP=.venv/.guest-ha-installed
-WANT=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+WANT=$(sha256sum <pyproject.toml | cut -d" " -f1)
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     log "installing guest-ha and its test dependencies into .venv"
     .venv/bin/pip install -q --cache-dir "$CACHE/pip" --upgrade pip >/dev/null 2>&1 || true

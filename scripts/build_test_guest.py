@@ -89,239 +89,20 @@ BAKE_VARS: Dict[str, object] = {
     "guest_ha_guest_log": "stderr",
 }
 
-TEST_CONTROL_CHECK = r"""#!/bin/sh
-# guest-ha TEST IMAGE ONLY: unhealthy while the first byte of the control disk
-# (second virtio disk, /dev/vdb) is "1" (0x31 or 0x01); slow (1.5 s) but healthy
-# while it is "2" (0x32); "3" (0x33) freezes the guest daemon (SIGSTOP of the
-# check's parent): a hung guest whose QEMU still answers. The host test writes it.
-# O_DIRECT read, so a change the host makes to the disk file is seen at once.
-dev=${GUEST_HA_TEST_CONTROL_DEV:-/dev/vdb}
-[ -b "$dev" ] || exit 0
-byte=$(dd if="$dev" bs=512 count=1 iflag=direct 2>/dev/null | od -An -tx1 -N1 | tr -d ' \n')
-case "$byte" in
-    31|01) echo "test control disk $dev says unhealthy"; exit 1 ;;
-    32) sleep 1.5 ;;
-    33) kill -STOP "$PPID"; sleep 1 ;;
-esac
-exit 0
-"""
-
-TEST_INIT = r"""#!/bin/sh
-# guest-ha TEST IMAGE ONLY: PID 1 after switch_root (no systemd in the test guest).
-# Mounts the API file systems, links /dev/virtio-ports/*, starts guest-ha-guestd
-# in a restart loop with its log on the console, and powers off on an ACPI power
-# button press (watcher -> SIGTERM to PID 1), SIGTERM or SIGUSR2; reboots on
-# SIGINT (Ctrl-Alt-Del). On the way down the daemon gets SIGTERM first, so it
-# deregisters with "exit" before the power goes.
-PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export PATH
-BUSYBOX=/usr/local/lib/guest-ha-test/busybox
-CONF=/etc/guest-ha/guestd.conf
-PIDFILE=/run/guest-ha-guestd.pid
-STOPFILE=/run/guest-ha-test-stopping
-
-say() { echo "guest-ha-test-init: $*" >/dev/console; }
-
-mountpoint -q /proc || mount -t proc -o nosuid,nodev,noexec proc /proc
-mountpoint -q /sys || mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
-mountpoint -q /dev || mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev
-mkdir -p /dev/pts /dev/shm
-mountpoint -q /dev/pts || mount -t devpts -o gid=5,mode=620 devpts /dev/pts
-mountpoint -q /run || mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
-mountpoint -q /tmp || mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
-mount -o remount,rw / 2>/dev/null
-exec </dev/null >/dev/console 2>&1
-hostname "$(cat /etc/hostname 2>/dev/null || echo guest)"
-
-guest-ha-vport-links
-
-interval=
-action=
-for arg in $(cat /proc/cmdline); do
-    case "$arg" in
-        guest_ha.interval_ms=*) interval=${arg#*=} ;;
-        guest_ha.corrective_action=*) action=${arg#*=} ;;
-    esac
-done
-case "$interval" in
-    ''|*[!0-9]*) ;;
-    *)
-        sed -i "s/^interval_ms *=.*/interval_ms = $interval/" "$CONF"
-        say "interval_ms = $interval"
-        ;;
-esac
-case "$action" in
-    log|reboot|stop)
-        sed -i "s/^corrective_action *=.*/corrective_action = $action/" "$CONF"
-        say "corrective_action = $action"
-        ;;
-esac
-
-run_daemon() {
-    trap '' INT
-    while [ ! -e "$STOPFILE" ]; do
-        guest-ha-guestd --config "$CONF" &
-        echo $! >"$PIDFILE"
-        wait $!
-        rc=$?
-        [ -e "$STOPFILE" ] && break
-        say "guest-ha-guestd exited with status $rc; restarting in 1 s"
-        sleep 1
-    done
-}
-
-shutdown_now() {
-    say "$1 requested: stopping guest-ha-guestd"
-    touch "$STOPFILE"
-    pid=$(cat "$PIDFILE" 2>/dev/null)
-    if [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; then
-        i=0
-        while [ $i -lt 50 ] && kill -0 "$pid" 2>/dev/null; do
-            sleep 0.1
-            i=$((i + 1))
-        done
-    fi
-    [ -n "$watcher" ] && kill "$watcher" 2>/dev/null
-    sync
-    mount -o remount,ro / 2>/dev/null
-    say "$1 now"
-    exec "$BUSYBOX" "$1" -f
-}
-
-trap 'shutdown_now poweroff' TERM USR2
-trap 'shutdown_now reboot' INT
-
-run_daemon &
-case " $(cat /proc/cmdline) " in
-    *" guest_ha.demo_peer=1 "*) /usr/local/bin/guest-ha-demo-peer & ;;
-esac
-watcher=
-if [ -x /usr/local/sbin/guest-ha-test-powerbtn ]; then
-    /usr/local/sbin/guest-ha-test-powerbtn &
-    watcher=$!
-fi
-say "up"
-# PID 1 must never exit; "wait" also reaps orphans, and returns for traps.
-while :; do
-    sleep 3600 &
-    wait
-done
-"""
-
-DEMO_PEER = r"""#!/usr/bin/python3
-# guest-ha TEST IMAGE ONLY: a tiny VNF-like app for the demos, started when the
-# kernel command line has guest_ha.demo_peer=1. It owns the server-group role,
-# prints every broadcast and peer notification it receives to the console, and
-# broadcasts "hello from <hostname> #N" every few seconds, using the same
-# client library (guest_ha.guest.sg_client, from the guest daemon's zipapp)
-# that VNF developers use.
-import socket
-import sys
-import time
-
-sys.path.insert(0, "/usr/local/lib/guest-ha/guestd.pyz")
-from guest_ha.guest.sg_client import ServerGroupClient, ServerGroupError  # noqa: E402
-
-SOCKET = "/run/guest-ha/app.sock"
-NAME = socket.gethostname()
+#: The scripts the image carries, kept as real files (ruff and shellcheck see them).
+TEST_GUEST_DIR = os.path.join(REPO, "scripts", "test_guest")
 
 
-def say(text):
-    with open("/dev/console", "w") as console:
-        console.write("guest-ha-demo-peer: %s\n" % text)
+def _test_guest_file(name: str) -> str:
+    with open(os.path.join(TEST_GUEST_DIR, name), encoding="utf-8") as fh:
+        return fh.read()
 
 
-def main():
-    while True:
-        try:
-            client = ServerGroupClient(SOCKET)
-            break
-        except ServerGroupError:
-            time.sleep(0.5)
-    client.on_broadcast(lambda source, data: say("RECEIVED broadcast from %s: %s" % (source, data)))
-    client.on_notification(lambda data: say("peer notification: %s" % data))
-    client.subscribe()
-    client.start()
-    say("subscribed")
-    n = 0
-    while True:
-        n += 1
-        try:
-            client.broadcast({"hello": NAME, "n": n})
-            say("SENT broadcast #%d" % n)
-        except ServerGroupError as exc:
-            say("broadcast #%d not sent: %s" % (n, exc))
-        time.sleep(3)
-
-
-main()
-"""
-
-POWER_BUTTON_WATCHER = r"""#!/usr/bin/python3
-# guest-ha TEST IMAGE ONLY: the test guest has no acpid. Watch the input event
-# devices for KEY_POWER (what the ACPI "button" driver reports for an ACPI power
-# button press, i.e. "virsh shutdown" / QEMU system_powerdown) and send SIGTERM
-# to PID 1, whose handler stops guest-ha-guestd and powers off.
-import glob
-import os
-import select
-import signal
-import struct
-import time
-
-EVENT = struct.Struct("llHHi")  # struct input_event on 64-bit
-EV_KEY, KEY_POWER = 1, 116
-
-fds = []
-while not fds:
-    for path in sorted(glob.glob("/dev/input/event*")):
-        try:
-            fds.append(os.open(path, os.O_RDONLY))
-        except OSError:
-            pass
-    if not fds:
-        time.sleep(1)
-poller = select.poll()
-for fd in fds:
-    poller.register(fd, select.POLLIN)
-while True:
-    for fd, _ in poller.poll():
-        data = os.read(fd, EVENT.size * 64)
-        for off in range(0, len(data) - EVENT.size + 1, EVENT.size):
-            _s, _us, etype, code, value = EVENT.unpack_from(data, off)
-            if etype == EV_KEY and code == KEY_POWER and value == 1:
-                os.kill(1, signal.SIGTERM)
-"""
-
-INITRAMFS_INIT = r"""#!/bin/sh
-# guest-ha test guest initramfs: load virtio modules, mount /dev/vda, switch_root.
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in $(cat /modules.list); do
-    insmod "/lib/modules/$m.ko" || echo "initramfs: insmod $m failed"
-done
-root=/dev/vda
-init=/sbin/guest-ha-test-init
-for arg in $(cat /proc/cmdline); do
-    case "$arg" in
-        root=/dev/*) root=${arg#root=} ;;
-        init=*) init=${arg#init=} ;;
-    esac
-done
-i=0
-while [ ! -b "$root" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-mkdir -p /newroot
-if ! mount -t ext4 -o rw "$root" /newroot; then
-    echo "initramfs: cannot mount $root; dropping to a shell"
-    exec sh
-fi
-mount --move /dev /newroot/dev
-umount /sys /proc
-exec switch_root /newroot "$init"
-"""
+TEST_CONTROL_CHECK = _test_guest_file("control-check.sh")
+TEST_INIT = _test_guest_file("init.sh")
+DEMO_PEER = _test_guest_file("demo_peer.py")
+POWER_BUTTON_WATCHER = _test_guest_file("power_button_watcher.py")
+INITRAMFS_INIT = _test_guest_file("initramfs-init.sh")
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -737,6 +518,7 @@ INPUTS = (
     "agents/guest_ha/guest",
     "scripts/build_guestd_pyz.py",
     "scripts/build_test_guest.py",
+    "scripts/test_guest",
     "roles/guest",
     "playbooks/bake_guest_image.yml",
 )
@@ -835,7 +617,12 @@ def _build(out: str, force: bool) -> Dict[str, object]:
 
 # -- variant c: no Python, busybox + the static C daemon (scripts/build_test_guest_c.py) --
 DEFAULT_OUT_C = os.path.join(CACHE, "out-c")
-INPUTS_C = ("agents/guest-c", "scripts/build_test_guest.py", "scripts/build_test_guest_c.py")
+INPUTS_C = (
+    "agents/guest-c",
+    "scripts/build_test_guest.py",
+    "scripts/build_test_guest_c.py",
+    "scripts/test_guest/control-check.sh",
+)
 ROOTFS_SIZE_C = "32M"
 
 

@@ -7,6 +7,8 @@ scripts/bootstrap.sh
 echo "== ruff"
 .venv/bin/ruff check agents dev tests bench scripts
 .venv/bin/ruff format --check agents dev tests bench scripts
+echo "== shellcheck (scripts, the test image's scripts)"
+shellcheck scripts/*.sh scripts/test_guest/*.sh roles/guest/files/guest-ha-vport-links
 echo "== import contracts (imports run one way)"
 .venv/bin/lint-imports
 echo "== mypy (strict for protocol/ and guest/)"

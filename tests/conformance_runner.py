@@ -11,7 +11,8 @@ import json
 import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from guest_ha.protocol.channel import GuestChannel
+from channel_support import take_output
+from guest_ha.protocol.channel import GuestChannel, HostPdu
 from guest_ha.protocol.envelope import HEARTBEAT, decode_envelope
 from guest_ha.protocol.errors import FrameTooLarge, ProtocolError
 from guest_ha.protocol.framing import FrameDecoder
@@ -147,13 +148,11 @@ def run_guest(vec: Dict[str, Any], split: int) -> Optional[str]:
             ch.host_disconnected(now)
         else:
             return f"step {i}: unknown action {do}"
-        sent = parse_output(ch.pending_output())
-        ch.output_sent(len(ch.pending_output()))
+        sent = parse_output(take_output(ch))
         inbox = [
             {"app": m.app, "msg_type": m.msg_type, "data": dict(m.fields)}
-            for m in ch.server_group_inbox
+            for m in (item.msg for item in ch.next_items() if isinstance(item, HostPdu))
         ]
-        ch.server_group_inbox.clear()
         exp = step.get("expect", {})
         problem = check_step(exp, sent, inbox, hb.state, hb.next_deadline())
         if problem:

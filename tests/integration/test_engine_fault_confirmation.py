@@ -63,7 +63,7 @@ def test_missed_heartbeat_waits_for_the_hypervisor(sim: VmSimulator, running: bo
         sim.freeze(vm.uuid)
         wait_until(lambda: vm.uuid in asked, 5)
         sim.thaw(vm.uuid)  # recovery happens while the fault is still held
-        wait_until(lambda: engine.vms[vm.uuid].channel.heartbeat.health == "healthy", 5)
+        wait_until(lambda: engine.vms[vm.uuid].channel.heartbeat_view.health == "healthy", 5)
         assert sink.kinds(vm.uuid) == ["registered"]  # nothing reported yet
         asked[vm.uuid](running, "running" if running else "paused")
         if running:

@@ -13,6 +13,7 @@ from typing import List, Optional, Tuple
 
 import pytest
 
+from channel_support import drain, take_output
 from guest_ha.protocol import (
     GUEST_TO_HOST,
     HEARTBEAT,
@@ -97,6 +98,9 @@ class Link:
         self.host_muted = False
         self.events: list = []
         self.guest_log: List[str] = []
+        self.host_log: List[str] = []
+        self.host_pdus: list = []  # server-group PDUs the host end received
+        self.guest_pdus: list = []
 
     def start(self) -> None:
         now = self.clock.now
@@ -109,23 +113,31 @@ class Link:
         now = self.clock.now
         for _ in range(max_rounds):
             moved = False
-            out = self.host.pending_output()
+            out = take_output(self.host)
             if out:
-                self.host.output_sent(len(out))
                 if not self.host_muted:
                     self.guest.receive_data(out, now)
                 moved = True
-            out = self.guest.pending_output()
+            out = take_output(self.guest)
             if out:
-                self.guest.output_sent(len(out))
                 if not self.guest_muted:
                     self.host.receive_data(out, now)
                 moved = True
-            self.events.extend(self.host.take_events())
-            self.guest_log.extend(self.guest.take_log())
+            self.collect()
             if not moved:
                 return
         raise AssertionError("channels never went quiet: message storm")
+
+    def collect(self) -> None:
+        """Drain both ends into ``events``/``host_log``/``host_pdus`` and
+        ``guest_log``/``guest_pdus``."""
+        host = drain(self.host, self.clock.now)
+        self.events += host.events
+        self.host_log += host.log
+        self.host_pdus += host.pdus
+        guest = drain(self.guest)
+        self.guest_log += guest.log
+        self.guest_pdus += guest.pdus
 
     def deadlines(self) -> List[float]:
         return [d for d in (self.host.next_deadline(), self.guest.next_deadline()) if d is not None]

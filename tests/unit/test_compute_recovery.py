@@ -180,7 +180,7 @@ def test_a_registration_ends_the_recovery_even_when_its_event_was_held_back() ->
 
     emitted: List[tuple] = []
     hb = SimpleNamespace(state="suspended", MONITORING="monitoring", corrective_action=None)
-    vm = SimpleNamespace(spec=SimpleNamespace(uuid=VM), channel=SimpleNamespace(heartbeat=hb))
+    vm = SimpleNamespace(spec=SimpleNamespace(uuid=VM), channel=SimpleNamespace(heartbeat_view=hb))
     engine = SimpleNamespace(
         clock=lambda: 50.0,
         emit_event=lambda uuid, kind, detail: emitted.append((kind, detail)),

@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from channel_support import take_output
 from guest_ha.guest.apps import AppRegistry, AppServer
 from guest_ha.guest.cli import format_members, format_push
 from guest_ha.guest.cli import sg_main as main
@@ -45,6 +46,7 @@ from guest_ha.protocol import (
     make,
     validate,
 )
+from guest_ha.protocol.channel import HostPdu
 from guest_ha.protocol.messages import nack
 
 pytestmark = pytest.mark.unit
@@ -115,7 +117,9 @@ class Harness:
                     box.append(exc)
                 done.set()
             now = time.monotonic()
-            self.relay.process(now)
+            for item in self.channel.next_items():
+                if isinstance(item, HostPdu):
+                    self.relay.handle(item.msg, now)
             self.relay.tick(now)
             self.server.flush(now)
 
@@ -142,9 +146,7 @@ class Harness:
         """Server group PDUs the guest queued for the host since the last call."""
 
         def take():
-            out = self.channel.pending_output()
-            self.channel.output_sent(len(out))
-            return out
+            return take_output(self.channel)
 
         msgs = []
         for frame in self.decoder.feed(self.call(take)):

@@ -8,6 +8,7 @@ import select
 
 import pytest
 
+from channel_support import take_output
 from guest_ha.guest.transport import DeviceGone, PortLink, RawPort
 from guest_ha.protocol import GuestChannel, GuestHeartbeat
 
@@ -85,7 +86,7 @@ def test_waits_logging_once_then_sends_init(setup):
     text = caplog.text
     assert text.count("waiting for port") == 1
     assert text.count("is busy") == 1
-    assert channel.pending_output() == b""  # nothing queued while no port
+    assert not channel.wants_write  # nothing queued while no port
     link.tick(t)
     assert link.state == PortLink.CONNECTED
     link.flush(t)
@@ -122,7 +123,7 @@ def test_device_gone_goes_back_to_waiting(setup):
     link.handle(select.POLLIN, 1.0)
     assert link.state == PortLink.WAITING
     assert script.closed == 1
-    assert channel.pending_output() == b""
+    assert not channel.wants_write
     assert "went away" in caplog.text
     link.tick(1.5)
     assert link.state == PortLink.CONNECTED
@@ -142,8 +143,8 @@ def test_opened_in_hangup_sends_nothing(setup):
     script.hup = True
     link.tick(0.0)
     assert link.state == PortLink.HANGUP
-    assert channel.pending_output() == b""
+    assert not channel.wants_write
     script.hup = False
     link.tick(0.1)
     assert link.state == PortLink.CONNECTED
-    assert b'"init"' in channel.pending_output()
+    assert b'"init"' in take_output(channel)

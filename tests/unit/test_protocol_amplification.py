@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from channel_support import drain, take_output
 from guest_ha.compute.backoff import ReconnectBackoff
 from guest_ha.protocol import (
     GUEST_TO_HOST,
@@ -41,9 +42,8 @@ def init(inv: str) -> bytes:
 def sent(channel: HostChannel):
     out = [
         validate(decode_envelope(f), HOST_TO_GUEST)
-        for f in FrameDecoder().feed(channel.pending_output())
+        for f in FrameDecoder().feed(take_output(channel))
     ]
-    channel.output_sent(len(channel.pending_output()))
     return out
 
 
@@ -79,7 +79,7 @@ def test_log_lines_are_limited_at_every_level():
     for i in range(100):
         channel.log(i / 100, f"info {i}", logging.INFO)
         channel.log(i / 100, f"debug {i}", logging.DEBUG)
-    records = channel.take_log_records()
+    records = drain(channel, 1.0).records
     # burst 5 + 1/s over one second, whatever the level (plus the misbehaving line: none here)
     assert 5 <= len(records) <= 7
     assert {level for level, _ in records} <= {logging.INFO, logging.DEBUG}
@@ -91,7 +91,7 @@ def test_reinit_churn_is_limited_with_one_misbehaving_event():
     for i in range(600):  # 10 new registrations per second for a minute
         now = i / 10
         channel.receive_data(init(f"inv{i}"), now)
-        kinds += [e.kind for e in channel.take_events(now)]
+        kinds += [e.kind for e in drain(channel, now).events]
     assert kinds.count("misbehaving") == 1
     registered = kinds.count("registered")
     assert 4 <= registered <= 4 + 4 + 1  # burst 4, then 4 per minute
@@ -103,11 +103,11 @@ def test_reinit_churn_is_limited_with_one_misbehaving_event():
 
 def test_faults_always_pass_and_flapping_is_coalesced():
     channel = host()
-    hb = channel.heartbeat
+    hb = channel._heartbeat
     out = []
     for i in range(100):  # unhealthy / recovered flapping, once a second
         hb._set_health("unhealthy" if i % 2 == 0 else "healthy", float(i), "flap")
-        out += [e.kind for e in channel.take_events(float(i))]
+        out += [e.kind for e in drain(channel, float(i)).events]
     assert out[0] == "unhealthy"
     assert out.count("recovered") <= 4 + 100 / 60 * 4 + 1
     # Never two faults of the same kind in a row without a recovery in between,
@@ -120,26 +120,26 @@ def test_faults_always_pass_and_flapping_is_coalesced():
 
 def test_a_held_recovery_is_reported_when_the_limit_allows():
     channel = host(event_burst=1.0)
-    hb = channel.heartbeat
+    hb = channel._heartbeat
     hb._set_health("unhealthy", 0.0, "x")
     hb._set_health("healthy", 0.0, "")
-    assert [e.kind for e in channel.take_events(0.0)] == ["unhealthy", "recovered"]
+    assert [e.kind for e in drain(channel, 0.0).events] == ["unhealthy", "recovered"]
     hb._set_health("unhealthy", 1.0, "x")
     hb._set_health("healthy", 1.0, "")
-    assert [e.kind for e in channel.take_events(1.0)] == ["unhealthy", "misbehaving"]
-    assert channel.take_events(14.0) == []  # 4/min: a token every 15 s
-    assert [e.kind for e in channel.take_events(16.0)] == ["recovered"]
+    assert [e.kind for e in drain(channel, 1.0).events] == ["unhealthy", "misbehaving"]
+    assert drain(channel, 14.0).events == []  # 4/min: a token every 15 s
+    assert [e.kind for e in drain(channel, 16.0).events] == ["recovered"]
 
 
 def test_a_different_fault_releases_the_held_recovery_first():
     channel = host(event_burst=1.0)
-    hb = channel.heartbeat
+    hb = channel._heartbeat
     hb._set_health("unhealthy", 0.0, "x")
     hb._set_health("healthy", 0.0, "")
     hb._set_health("unhealthy", 0.0, "x")
     hb._set_health("healthy", 0.0, "")
     hb._set_health("heartbeat_lost", 0.0, "y")
-    kinds = [e.kind for e in channel.take_events(0.0)]
+    kinds = [e.kind for e in drain(channel, 0.0).events]
     assert kinds[:4] == ["unhealthy", "recovered", "unhealthy", "recovered"][:2] + kinds[2:4]
     assert "heartbeat_lost" in kinds and kinds.index("heartbeat_lost") > kinds.index("recovered")
 
@@ -170,12 +170,12 @@ def test_exit_that_clears_a_fault_shares_the_budget():
     out = []
     for i in range(120):
         now = float(i)
-        channel.heartbeat.events += [
+        channel._heartbeat.events += [
             HeartbeatEvent("heartbeat_lost", now, {}),
             HeartbeatEvent("exit", now, {"cleared_fault": "heartbeat_lost"}),
             HeartbeatEvent("registered", now, {}),
         ]
-        out += [e.kind for e in channel.take_events(now)]
+        out += [e.kind for e in drain(channel, now).events]
     # Budget: burst 4 + 4/min over two minutes = 12 tokens for exits and
     # registrations; each fault that passes follows a clear that passed.
     assert len(out) <= 2 * 12 + 1 + 1, out
@@ -189,9 +189,9 @@ def test_a_registration_after_a_hypervisor_restart_is_not_churn():
     guest's event budget is spent; unannounced re-registrations do not."""
     channel = host(event_burst=1.0, event_rate_per_min=0.001)
     channel.receive_data(init("a" * 32), 0.0)
-    assert [e.kind for e in channel.take_events(0.0)] == ["registered"]
+    assert [e.kind for e in drain(channel, 0.0).events] == ["registered"]
     channel.receive_data(init("b" * 32), 1.0)  # churn: over the budget
-    assert "registered" not in [e.kind for e in channel.take_events(1.0)]
+    assert "registered" not in [e.kind for e in drain(channel, 1.0).events]
     channel.expect_registration(2.0, "reboot")
     channel.receive_data(init("c" * 32), 3.0)
-    assert "registered" in [e.kind for e in channel.take_events(3.0)]
+    assert "registered" in [e.kind for e in drain(channel, 3.0).events]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+from typing import List
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from channel_support import drain, peek_output, take_output
 from guest_ha.protocol import (
     GUEST_TO_HOST,
     HEARTBEAT,
@@ -70,20 +72,20 @@ def test_steady_heartbeating_has_no_fault(clock, proto, interval_ms, seconds):
     link = proto.Link(clock, interval_ms=interval_ms)
     link.start()
     link.run_for(seconds)
-    hb = link.host.heartbeat
+    hb = link.host.heartbeat_view
     assert link.kinds() == ["registered"]
     expected = seconds * 1000 // interval_ms
     assert expected <= hb.challenges_sent <= expected + 1
     assert hb.responses_ok == hb.challenges_sent
     assert hb.stale_responses == 0
-    assert hb.health == "healthy" and hb.state == hb.MONITORING
+    assert hb.health == "healthy" and hb.state == "monitoring"
     counters = link.host.counters
     assert counters["bad_frames"] == counters["nacks_sent"] == counters["rate_limited"] == 0
     assert counters["output_dropped"] == 0
     assert link.guest.bad_frames == 0
     assert link.guest_hb.state == link.guest_hb.REGISTERED
     assert not any("no challenge" in line for line in link.guest_log)  # never went stale
-    assert link.host.take_log() == []
+    assert link.host_log == []
 
 
 def test_clamped_interval_reaches_the_guest(clock, proto):
@@ -99,7 +101,7 @@ def test_guest_going_silent_is_detected_and_recovers(clock, proto):
     link.start()
     link.run_for(10)
     silent_from = clock.now
-    last_ok = link.host.heartbeat.last_response_at
+    last_ok = link.host.heartbeat_view.last_response_at
     link.guest_muted = True
     link.run_for(5)
     faults = link.faults()
@@ -147,7 +149,7 @@ def test_agent_restart_without_hangup_recovers_by_stale_reinit(clock, proto):
     link.host.connection_made(clock.now)
     link.run_for(20)
     assert [e.kind for e in link.events] == ["registered", "registered"]
-    assert link.host.heartbeat.state == link.host.heartbeat.MONITORING
+    assert link.host.heartbeat_view.state == "monitoring"
     assert any("no challenge" in line for line in link.guest_log)
 
 
@@ -162,7 +164,7 @@ def test_stale_response_to_new_host_is_nacked_and_guest_reinits(clock, proto):
     link.guest.tick(clock.now)
     link.pump()
     assert link.host.counters["nacks_sent"] == 1
-    assert link.host.heartbeat.state == link.host.heartbeat.MONITORING  # re-registered at once
+    assert link.host.heartbeat_view.state == "monitoring"  # re-registered at once
     assert [e.kind for e in link.events] == ["registered", "registered"]
 
 
@@ -173,10 +175,10 @@ def test_guest_exit_is_not_a_fault(clock, proto):
     link.guest_hb.exit(clock.now, "SIGTERM")
     link.guest.tick(clock.now)
     link.pump()
-    sent = link.host.heartbeat.challenges_sent
+    sent = link.host.heartbeat_view.challenges_sent
     link.run_for(600)
     assert link.kinds() == ["registered", "exit"]
-    assert link.host.heartbeat.challenges_sent == sent
+    assert link.host.heartbeat_view.challenges_sent == sent
 
 
 def test_restart_timeout_when_guest_never_registers(clock, proto):
@@ -193,7 +195,7 @@ def test_server_group_messages_flow_both_ways(clock, proto):
     assert link.guest.queue(make(SERVER_GROUP, "status_query", GUEST_TO_HOST, seq=5))
     assert link.guest.queue(make(SERVER_GROUP, "broadcast", GUEST_TO_HOST, data={"x": 1}))
     link.pump()
-    assert [m.msg_type for m in link.host.server_group_inbox] == ["status_query", "broadcast"]
+    assert [m.msg_type for m in link.host_pdus] == ["status_query", "broadcast"]
     member = {"uuid": proto.UUID_A, "state": "active"}
     for msg in (
         make(SERVER_GROUP, "status_response", HOST_TO_GUEST, seq=5, data=member),
@@ -203,7 +205,7 @@ def test_server_group_messages_flow_both_ways(clock, proto):
     ):
         assert link.host.queue(msg)
     link.pump()
-    assert [m.msg_type for m in link.guest.server_group_inbox] == [
+    assert [m.msg_type for m in link.guest_pdus] == [
         "status_response",
         "status_response_done",
         "broadcast",
@@ -274,12 +276,12 @@ def test_server_group_messages_flow_both_ways(clock, proto):
 def test_malformed_frames_get_a_valid_nack(raw, app, orig, code):
     host = host_channel(0.0)
     host.receive_data(b"\n" + raw + b"\n", 0.0)
-    (nack,) = decode_output(host.pending_output(), HOST_TO_GUEST)
+    (nack,) = decode_output(take_output(host), HOST_TO_GUEST)
     assert nack.app == app and nack.msg_type == "nack"
     assert nack["orig_msg_type"] == orig
     assert nack["log_msg"].startswith(code + ":")
     assert host.counters["bad_frames"] == host.counters["nacks_sent"] == 1
-    (line,) = host.take_log()
+    (line,) = drain(host, 0.0).log
     assert code in line
 
 
@@ -305,29 +307,29 @@ def test_error_flood_nacks_are_bounded(clock):
     assert host.counters["bad_frames"] == 10_000
     allowed = limits.error_burst + limits.error_rate * 1.0
     assert limits.error_burst <= host.counters["nacks_sent"] <= allowed
-    nacks = decode_output(host.pending_output(), HOST_TO_GUEST)
+    nacks = decode_output(take_output(host), HOST_TO_GUEST)
     assert len(nacks) == host.counters["nacks_sent"]
-    log = host.take_log()
+    log = drain(host, clock.now).log
     assert len(log) <= limits.log_burst + limits.log_rate * 1.0 + 1
     # after the flood, a well-formed message is handled normally
     clock.advance(5)
     host.receive_data(init_frame(), clock.now)
-    assert host.heartbeat.state == host.heartbeat.MONITORING
+    assert host.heartbeat_view.state == "monitoring"
 
 
 def test_log_lines_rate_limited_with_suppressed_count(clock):
     limits = ChannelLimits(error_rate=100, error_burst=100, log_rate=1, log_burst=5)
     host = host_channel(clock.now, limits)
     host.receive_data(b"\nbad\n" * 50, clock.now)
-    lines = host.take_log()
+    lines = drain(host, clock.now).log
     assert len(lines) == 5
     assert not any("suppressed" in line for line in lines)
     clock.advance(2)
     host.receive_data(b"\nbad again\n", clock.now)
-    (line,) = host.take_log()
+    (line,) = drain(host, clock.now).log
     assert "(45 similar message(s) suppressed)" in line
     host.receive_data(b"\nbad again\n", clock.now)
-    (line,) = host.take_log()
+    (line,) = drain(host, clock.now).log
     assert "suppressed" not in line
 
 
@@ -337,7 +339,7 @@ def test_guest_nacks_bad_host_frames_but_never_nacks_a_nack(clock):
     guest.tick(clock.now)
     guest.discard_output()
     guest.receive_data(b"\nnonsense\n", clock.now)
-    (nack,) = decode_output(guest.pending_output(), GUEST_TO_HOST)
+    (nack,) = decode_output(take_output(guest), GUEST_TO_HOST)
     assert nack.msg_type == "nack" and nack["log_msg"].startswith("malformed_json")
     guest.discard_output()
     guest.receive_data(
@@ -345,12 +347,12 @@ def test_guest_nacks_bad_host_frames_but_never_nacks_a_nack(clock):
         b'"data":{"msg_type":"nack","orig_msg_type":5}}\n',
         clock.now,
     )
-    assert guest.pending_output() == b""
+    assert not guest.wants_write
     assert guest.bad_frames == 2
     # and a flood of junk from the host is answered at a bounded rate
     guest.receive_data(b"\njunk\n" * 10_000, clock.now)
-    assert len(decode_output(guest.pending_output(), GUEST_TO_HOST)) <= 10
-    assert len(guest.take_log()) <= 6
+    assert len(decode_output(take_output(guest), GUEST_TO_HOST)) <= 10
+    assert len(drain(guest).log) <= 6
 
 
 def test_two_garbage_spewing_ends_do_not_storm(clock, proto):
@@ -379,7 +381,7 @@ def test_heartbeat_flood_is_rate_limited_and_other_guest_unaffected(proto):
     for _ in range(1000):  # 10 s at 1000 inits per second
         flooder.receive_data(frames, clock.now)
         sent += 10
-        flooder.output_sent(len(flooder.pending_output()))
+        take_output(flooder)
         good.run_for(0.01)
     limited = flooder.counters["rate_limited"]
     accepted = sent - limited
@@ -391,7 +393,7 @@ def test_heartbeat_flood_is_rate_limited_and_other_guest_unaffected(proto):
     assert good.faults() == []
     assert good.kinds() == ["registered"]
     assert good.host.counters["rate_limited"] == 0
-    assert good.host.heartbeat.responses_ok >= 99
+    assert good.host.heartbeat_view.responses_ok >= 99
 
 
 def test_server_group_flood_rate_limited_but_heartbeat_not_starved(clock, proto):
@@ -403,9 +405,7 @@ def test_server_group_flood_rate_limited_but_heartbeat_not_starved(clock, proto)
         link.run_for(0.02)
     assert link.host.counters["rate_limited"] > 0
     limits = link.host.limits
-    assert len(link.host.server_group_inbox) <= (
-        limits.server_group_burst + limits.server_group_rate * 10 + 1
-    )
+    assert len(link.host_pdus) <= (limits.server_group_burst + limits.server_group_rate * 10 + 1)
     assert link.faults() == []
 
 
@@ -442,12 +442,12 @@ def test_host_output_buffer_bounded(clock):
         host.receive_data(init_frame(inv=f"i{k}") + b"\nbad\n", clock.now)
         host.tick(clock.now)
         clock.advance(0.1)
-        assert len(host.pending_output()) <= limits.max_output_bytes
+        assert len(peek_output(host)) <= limits.max_output_bytes
     assert host.counters["output_dropped"] > 0
     # what is buffered is whole frames only
-    decode_output(host.pending_output(), HOST_TO_GUEST)
+    decode_output(peek_output(host), HOST_TO_GUEST)
     assert host.wants_write
-    host.output_sent(len(host.pending_output()))
+    take_output(host)
     assert not host.wants_write
 
 
@@ -457,7 +457,7 @@ def test_guest_output_buffer_bounded(clock):
     challenge = make(HEARTBEAT, "challenge", HOST_TO_GUEST, seq=1, nonce="deadbeef").encode()
     for _ in range(200):
         guest.receive_data(challenge * 50, clock.now)
-        assert len(guest.pending_output()) <= guest.max_output_bytes
+        assert len(peek_output(guest)) <= guest.max_output_bytes
     big = make(SERVER_GROUP, "broadcast", GUEST_TO_HOST, data="x" * 3000)
     assert guest.queue(big) is False
     guest.discard_output()
@@ -467,9 +467,28 @@ def test_guest_output_buffer_bounded(clock):
 def test_partial_output_write(clock):
     host = host_channel(clock.now)
     host.receive_data(init_frame(), clock.now)
-    out = host.pending_output()
-    host.output_sent(5)
-    assert host.pending_output() == out[5:]
+    offered: List[bytes] = []
+
+    def write_five(data: bytes) -> int:
+        offered.append(data)
+        return 5
+
+    assert host.send_output(write_five) == 5
+    assert take_output(host) == offered[0][5:]
+
+
+def test_a_failed_write_leaves_the_output_queued(clock):
+    host = host_channel(clock.now)
+    host.receive_data(init_frame(), clock.now)
+    queued = peek_output(host)
+
+    def full(data: bytes) -> int:
+        raise BlockingIOError
+
+    with pytest.raises(BlockingIOError):
+        host.send_output(full)
+    assert queued and take_output(host) == queued
+    assert host.send_output(full) == 0  # nothing queued: write is not called
 
 
 def test_queue_refused_while_disconnected(clock):
@@ -479,7 +498,7 @@ def test_queue_refused_while_disconnected(clock):
     host.connection_made(clock.now)
     assert host.queue(msg) is True
     host.connection_lost(clock.now)
-    assert host.pending_output() == b""
+    assert not host.wants_write
     assert host.queue(msg) is False
 
 
@@ -516,13 +535,15 @@ def test_property_chunked_delivery_never_faults(proto, chunk_sizes, interval_ms)
         for _ in range(10_000):
             moved = False
             for src, dst in ((link.host, link.guest), (link.guest, link.host)):
-                out = src.pending_output()
-                if out:
-                    n = min(len(out), next(sizes))
-                    src.output_sent(n)
-                    dst.receive_data(out[:n], clock.now)
+
+                def write(data: bytes, dst=dst) -> int:
+                    n = min(len(data), next(sizes))
+                    dst.receive_data(data[:n], clock.now)
+                    return n
+
+                if src.send_output(write):
                     moved = True
-            link.events.extend(link.host.take_events())
+            link.collect()
             if not moved:
                 return
 
@@ -536,14 +557,14 @@ def test_property_chunked_delivery_never_faults(proto, chunk_sizes, interval_ms)
 def test_take_events_and_log_drain(clock, proto):
     link = proto.Link(clock)
     link.start()
-    assert link.host.take_events() == []  # already drained by the link
-    assert link.host.take_log() == []
+    assert drain(link.host, clock.now).events == []  # already drained by the link
+    assert link.host_log == []
 
 
 def test_messages_encode_to_compact_json(clock):
     host = host_channel(clock.now)
     host.receive_data(init_frame(), clock.now)
-    for item in FrameDecoder().feed(host.pending_output()):
+    for item in FrameDecoder().feed(take_output(host)):
         obj = json.loads(item)
         assert set(obj) == {"version", "source_addr", "dest_addr", "data"}
         assert b" " not in item
@@ -557,8 +578,7 @@ def test_resume_sends_the_challenge_at_once_after_flush() -> None:
     host.connection_made(0.0)
     init = make("heartbeat", "init", GUEST_TO_HOST, invocation_id="a", name="g", interval_ms=100)
     host.receive_data(init.encode(), 0.0)
-    host.output_sent(len(host.pending_output()))
-    host.heartbeat.suspend(0.05, "paused")
-    host.heartbeat.resume(1.0)
-    host.flush()
-    assert b'"msg_type":"challenge"' in host.pending_output()
+    take_output(host)
+    host.suspend(0.05, "paused")
+    host.resume(1.0)
+    assert b'"msg_type":"challenge"' in take_output(host)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guest_ha.protocol import TokenBucket
+from guest_ha.protocol.ratelimit import LogLimiter, suppressed_note
+from guest_ha.runtime import RateLimitedLog
 
 pytestmark = pytest.mark.unit
 
@@ -83,3 +87,30 @@ def test_property_never_exceeds_burst_plus_rate_times_elapsed(rate, burst, steps
             taken += amount
         assert 0 <= b.available(now) <= burst
     assert taken <= burst + rate * now + 1e-6 * (burst + rate * now)
+
+
+def test_log_limiter_counts_what_it_drops_per_key() -> None:
+    limiter = LogLimiter(rate=1.0, burst=2.0)
+    assert [limiter.admit(0.0, "a") for _ in range(5)] == [0, 0, None, None, None]
+    assert limiter.admit(0.0, "b") == 0  # another key has its own budget
+    assert limiter.suppressed == 3
+    assert limiter.admit(1.0, "a") == 3  # the next line says how many were dropped
+    assert suppressed_note(3) == " (3 similar message(s) suppressed)"
+    assert suppressed_note(0) == ""
+
+
+def test_log_limiter_remembers_a_bounded_number_of_keys() -> None:
+    limiter = LogLimiter(rate=1.0, burst=1.0, max_keys=8)
+    for i in range(1000):
+        assert limiter.admit(float(i) / 1000, f"vm{i}") == 0
+    assert len(limiter._keys) <= 8
+
+
+def test_rate_limited_log_one_line_per_interval(caplog) -> None:
+    log = logging.getLogger("test.ratelimited")
+    rlog = RateLimitedLog(log, interval_s=3600.0)
+    with caplog.at_level(logging.INFO, logger="test.ratelimited"):
+        for i in range(5):
+            rlog(logging.INFO, "k", "line %d", i)
+        rlog(logging.INFO, "other", "other %s", "key")
+    assert [r.getMessage() for r in caplog.records] == ["line 0", "other key"]

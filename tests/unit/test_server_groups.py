@@ -9,7 +9,6 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from guest_ha.controller.server_groups import (
-    MAX_DATA_BYTES,
     FileSource,
     MembershipError,
     NovaNotificationEndpoint,
@@ -18,6 +17,7 @@ from guest_ha.controller.server_groups import (
     make_status,
     status_from_server,
 )
+from guest_ha.protocol.messages import MAX_BROADCAST_BYTES as MAX_DATA_BYTES
 
 A, B, C, D, E = (str(uuidlib.UUID(int=i)) for i in range(1, 6))
 

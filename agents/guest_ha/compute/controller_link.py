@@ -10,6 +10,8 @@ import socket
 import threading
 from typing import Any, Dict, List, Optional
 
+from ..messaging import payloads
+from ..protocol.events import EventKind
 from .config import ComputeConfig
 from .forwarder import ForwardingSink
 from .sg_relay import ComputeEndpoint, ServerGroupRelay
@@ -44,14 +46,16 @@ class ControllerLink:
         self._stopping = False
 
     def _send_batch(self, events: List[Dict[str, Any]]) -> Dict[str, Any]:
-        ack = self.client.call("report_events", events=events)
+        ack = self.client.call(payloads.REPORT_EVENTS, events=events)
         if not isinstance(ack, dict):
             raise RuntimeError(f"controller answered {ack!r}")
         return ack
 
     def _status(self, depth: int) -> None:
         vms = len(self.engine.vms) if self.engine is not None else 0
-        self.client.call("compute_status", timeout=5, host=self.host, spool_depth=depth, vms=vms)
+        self.client.call(
+            payloads.COMPUTE_STATUS, timeout=5, host=self.host, spool_depth=depth, vms=vms
+        )
 
     def attach(self, engine: Any) -> None:
         """Connect the engine: relay its server-group PDUs, serve deliveries to it."""
@@ -62,9 +66,9 @@ class ControllerLink:
         threading.Thread(target=self._report_states, name="vm-states", daemon=True).start()
 
     # -- member states for server groups (standalone membership, status answers) -----
-    def _collect_states(self) -> List[Dict[str, Any]]:
+    def _collect_states(self) -> List[payloads.VmState]:
         """Runs in the engine thread: the state of every VM with server groups on."""
-        out = []
+        out: List[payloads.VmState] = []
         for vm in list(self.engine.vms.values()):
             if not vm.spec.server_group_messaging:
                 continue
@@ -77,7 +81,7 @@ class ControllerLink:
                     "power_state": power,
                     "task_state": None,
                     "group": vm.spec.server_group,
-                    "guest_health": vm.channel.heartbeat.health,
+                    "guest_health": vm.channel.heartbeat_view.health,
                 }
             )
         return out
@@ -90,14 +94,14 @@ class ControllerLink:
             self._states_dirty.clear()
             if self._stopping:
                 return
-            answer: "queuelib.Queue[List[Dict[str, Any]]]" = queuelib.Queue()
+            answer: "queuelib.Queue[List[payloads.VmState]]" = queuelib.Queue()
             self.engine.post(lambda q=answer: q.put(self._collect_states()))
             try:
                 states = answer.get(timeout=5)
             except queuelib.Empty:
                 continue
             try:
-                self.relay.client.cast("vm_states", host=self.host, vms=states, full=True)
+                self.relay.client.cast(payloads.VM_STATES, host=self.host, vms=states, full=True)
             except Exception as exc:  # best effort; the next round repeats it
                 LOG.debug("vm states not sent: %s", exc)
 
@@ -136,15 +140,13 @@ class ControllerLink:
 
 
 STATES_INTERVAL_S = 5.0
-_STATE_EVENTS = frozenset(
-    {"registered", "exit", "suspended", "vm_crashed", "heartbeat_lost", "unhealthy", "recovered"}
-)
+_STATE_EVENTS = frozenset(EventKind) - {EventKind.MISBEHAVING}
 
 
 def _nova_states(vm: Any) -> "tuple[str, str]":
     """(vm_state, power_state) in Nova's words, from what the agent knows."""
     reason = vm.lifecycle_suspended or ""
-    if vm.channel.heartbeat.health == "vm_crashed":
+    if vm.channel.heartbeat_view.health == "vm_crashed":
         return "error", "crashed"
     if reason.startswith(("paused", "suspended", "pmsuspended")):
         return "paused", "paused"

@@ -22,8 +22,11 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..protocol import SERVER_GROUP, HeartbeatEvent, HostChannel, Message, ProtocolError
-from ..protocol.heartbeat import HEARTBEAT_LOST
+from ..protocol.channel import GuestPdu, LogRecord
+from ..protocol.events import EventKind
+from ..protocol.faulthold import FaultHold
 from ..protocol.messages import HOST_TO_GUEST, make
+from ..protocol.transitions import HostState
 from .backoff import ReconnectBackoff
 from .config import ComputeConfig, ReconnectPolicy, VmSpec
 from .sinks import EventSink, VmEvent
@@ -51,9 +54,8 @@ class VmConnection:
         self.backoff = ReconnectBackoff(reconnect.initial_s, reconnect.max_s, reconnect.stable_s)
         self.read_paused = False
         self.scheduled_tick: Optional[float] = None
-        self.held: List[HeartbeatEvent] = []
-        """Events waiting for the hypervisor to confirm a fault (in order)."""
-        self.hold_token = 0
+        self.fault_hold = FaultHold()
+        """Events waiting for the hypervisor to confirm a fault (protocol core)."""
         self.source = "config"
         """Who asked for this VM: ``config``, ``socket_dir`` or ``libvirt``."""
         self.lifecycle_suspended = ""
@@ -348,9 +350,9 @@ class HeartbeatEngine:
                 self._after_channel_activity(vm)
             elif kind == "connect" and vm.state == DISCONNECTED:
                 self._try_connect(vm, now)
-            elif kind == "confirm_timeout" and vm.held:
+            elif kind == "confirm_timeout" and vm.fault_hold.holding:
                 LOG.warning("%s no answer from the hypervisor: reporting the fault", vm.log_prefix)
-                self._confirmed(uuid, vm.hold_token, True, "unknown")
+                self._confirmed(uuid, vm.fault_hold.token, True, "unknown")
             elif kind == "recovery" and self.recovery is not None:
                 self.recovery.on_timer(uuid)
             elif kind == "resume_read" and vm.read_paused and vm.sock is not None:
@@ -450,25 +452,23 @@ class HeartbeatEngine:
 
     def _after_channel_activity(self, vm: VmConnection) -> None:
         channel = vm.channel
-        if channel.server_group_inbox:
-            # Already validated and rate-limited by the channel; the VM's identity
-            # is the channel's, never anything in the message.
-            inbox, channel.server_group_inbox = channel.server_group_inbox, []
+        # One drain point; handling a PDU may log, so drain until quiet.
+        while True:
             now = self.clock()
-            for msg in inbox:
-                if msg.msg_type == "nack":
-                    channel.log(now, f"guest nacked {msg['orig_msg_type']}: {msg['log_msg']}")
-                elif vm.spec.server_group_messaging and self.sg_relay is not None:
-                    self.sg_relay(vm.spec, msg)
+            items = channel.next_items(now)
+            if not items:
+                break
+            for item in items:
+                if isinstance(item, GuestPdu):
+                    self._guest_pdu(vm, item.msg, now)
+                elif isinstance(item, LogRecord):
+                    LOG.log(item.level, "%s %s", vm.log_prefix, item.text)
                 else:
-                    channel.reject(now, SERVER_GROUP, msg.msg_type, "not_enabled", NOT_ENABLED)
-        for event in channel.take_events(self.clock()):
-            if vm.held or (event.kind == HEARTBEAT_LOST and self.fault_confirmer is not None):
-                self._hold(vm, event)
-            else:
-                self._emit(vm, event)
-        for level, line in channel.take_log_records():
-            LOG.log(level, "%s %s", vm.log_prefix, line)
+                    ready, token = vm.fault_hold.offer(item, self.fault_confirmer is not None)
+                    if token is not None:
+                        self._ask_hypervisor(vm, token)
+                    for ready_event in ready:
+                        self._emit(vm, ready_event)
         if self.recovery is not None:
             self.recovery.check_registration(vm)
         if channel.wants_write:
@@ -499,8 +499,17 @@ class HeartbeatEngine:
                 self._dirty.add(vm.spec.uuid)
                 self.sg_delivered += 1
 
+    def _guest_pdu(self, vm: VmConnection, msg: Message, now: float) -> None:
+        """A server-group PDU of the guest: relayed, or refused (not enabled)."""
+        if msg.msg_type == "nack":
+            vm.channel.log(now, f"guest nacked {msg['orig_msg_type']}: {msg['log_msg']}")
+        elif vm.spec.server_group_messaging and self.sg_relay is not None:
+            self.sg_relay(vm.spec, msg)
+        else:
+            vm.channel.reject(now, SERVER_GROUP, msg.msg_type, "not_enabled", NOT_ENABLED)
+
     def _emit(self, vm: VmConnection, event: HeartbeatEvent) -> None:
-        if not vm.spec.heartbeat and (event.is_fault or event.kind == "recovered"):
+        if not vm.spec.heartbeat and (event.is_fault or event.kind == EventKind.RECOVERED):
             return  # this VM opted in to messaging only
         self._send(vm, event.kind, event.is_fault, dict(event.detail))
         if self.recovery is not None:
@@ -526,44 +535,31 @@ class HeartbeatEngine:
         )
 
     # -- fault confirmation ---------------------------------------------------------
-    # A missed heartbeat can race a pause: the guest stops answering a few
-    # milliseconds before libvirt's "suspended" event reaches us. With a
-    # confirmer (libvirt mode), heartbeat_lost is held until the hypervisor says
-    # the domain is still running; events after it wait behind it, in order.
+    # The policy (hold heartbeat_lost until the hypervisor answers, retract it if
+    # the domain is not running) is the protocol core's FaultHold; here: the I/O.
 
-    def _hold(self, vm: VmConnection, event: HeartbeatEvent) -> None:
-        first = not vm.held
-        vm.held.append(event)
-        if first and self.fault_confirmer is not None:
-            uuid = vm.spec.uuid
-            token = vm.hold_token = vm.hold_token + 1
+    def _ask_hypervisor(self, vm: VmConnection, token: int) -> None:
+        assert self.fault_confirmer is not None
+        uuid = vm.spec.uuid
 
-            def answer(running: bool, state: str) -> None:
-                self.post(lambda: self._confirmed(uuid, token, running, state))
+        def answer(running: bool, state: str) -> None:
+            self.post(lambda: self._confirmed(uuid, token, running, state))
 
-            self.fault_confirmer(uuid, answer)
-            self._schedule(self.clock() + CONFIRM_TIMEOUT_S, "confirm_timeout", uuid)
+        self.fault_confirmer(uuid, answer)
+        self._schedule(self.clock() + CONFIRM_TIMEOUT_S, "confirm_timeout", uuid)
 
     def _confirmed(self, uuid: str, token: int, running: bool, state: str) -> None:
         vm = self.vms.get(uuid)
-        if vm is None or not vm.held or vm.hold_token != token:
+        if vm is None:
             return
-        held, vm.held = vm.held, []
-        vm.hold_token += 1
-        if running:
-            for event in held:
-                self._emit(vm, event)
+        events = vm.fault_hold.answer(token, running, state, vm.channel, self.clock())
+        if events is None:
             return
-        # Not running: the pause (or stop) explains the silence. Drop the fault
-        # and its recovery; keep anything else, in order.
-        LOG.info("%s missed heartbeat while the domain is %s: no fault", vm.log_prefix, state)
-        vm.channel.heartbeat.retract_fault(HEARTBEAT_LOST)
-        vm.lifecycle_suspended = state
-        vm.channel.suspend(self.clock(), state)
-        vm.channel.take_events()  # the "suspended" notice is not news
-        for event in held:
-            if event.kind not in (HEARTBEAT_LOST, "recovered"):
-                self._emit(vm, event)
+        if not running:
+            LOG.info("%s missed heartbeat while the domain is %s: no fault", vm.log_prefix, state)
+            vm.lifecycle_suspended = state
+        for event in events:
+            self._emit(vm, event)
 
     def _flush_dirty(self) -> None:
         dirty, self._dirty = self._dirty, set()
@@ -571,16 +567,13 @@ class HeartbeatEngine:
             vm = self.vms.get(uuid)
             if vm is None or vm.sock is None:
                 continue
-            pending = vm.channel.pending_output()
-            if pending:
-                try:
-                    sent = vm.sock.send(pending)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as exc:
-                    self._connection_lost(vm, self.clock(), str(exc))
-                    continue
-                vm.channel.output_sent(sent)
+            try:
+                vm.channel.send_output(vm.sock.send)
+            except (BlockingIOError, InterruptedError):
+                pass  # the socket is full: EVENT_WRITE stays on
+            except OSError as exc:
+                self._connection_lost(vm, self.clock(), str(exc))
+                continue
             self._update_interest(vm)
 
     # -- status -------------------------------------------------------------------
@@ -589,7 +582,7 @@ class HeartbeatEngine:
         now = self.clock()
         vms = []
         for vm in sorted(self.vms.values(), key=lambda v: v.spec.name):
-            hb = vm.channel.heartbeat
+            hb = vm.channel.heartbeat_view
             vms.append(
                 {
                     "domain": vm.spec.name,
@@ -597,7 +590,7 @@ class HeartbeatEngine:
                     "socket": vm.spec.socket_path,
                     "channel": vm.state,
                     "heartbeat_state": hb.state,
-                    "registered": hb.state == hb.MONITORING,
+                    "registered": hb.state == HostState.MONITORING,
                     "guest_name": hb.name,
                     "interval_ms": hb.interval_ms,
                     "last_rtt_ms": None

@@ -51,7 +51,7 @@ def collect(engine: Any, spool_depth: Optional[Callable[[], Optional[int]]] = No
     challenges = responses = missed = connects = failures = throttled = 0
     throttled_vms: List[str] = []
     for vm in engine.vms.values():
-        hb = vm.channel.heartbeat
+        hb = vm.channel.heartbeat_view
         states[hb.state] = states.get(hb.state, 0) + 1
         health[hb.health] = health.get(hb.health, 0) + 1
         challenges += hb.challenges_sent

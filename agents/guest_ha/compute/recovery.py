@@ -29,6 +29,7 @@ from ..protocol.heartbeat import (
     RESTART_TIMEOUT,
     UNHEALTHY_FAULT,
 )
+from ..protocol.transitions import HostState
 
 LOG = logging.getLogger("guest_ha.compute.recovery")
 
@@ -303,8 +304,8 @@ def _busy(vm: Any, timed_out_restart: bool) -> str:
     yet. A restart that timed out is a fault, not an operation in progress."""
     if vm.lifecycle_suspended:
         return str(vm.lifecycle_suspended)
-    hb = vm.channel.heartbeat
-    if hb.state == hb.SUSPENDED and not timed_out_restart:
+    hb = vm.channel.heartbeat_view
+    if hb.state == HostState.SUSPENDED and not timed_out_restart:
         return "a restart in progress"
     return ""
 
@@ -344,7 +345,7 @@ class RecoveryController:
             if vm.source != "libvirt":
                 return  # no hypervisor handle: nothing to act with
             self.planner.set_policy(uuid, self.default)
-        hb = vm.channel.heartbeat
+        hb = vm.channel.heartbeat_view
         reason = str(detail.get("reason") or "")
         commands = self.planner.on_event(
             uuid,
@@ -361,8 +362,8 @@ class RecoveryController:
         after the action ends the recovery even when its ``registered`` event was
         held back by the per-VM event limit (the planner must not wait for it)."""
         state = self.planner.vms.get(vm.spec.uuid)
-        hb = vm.channel.heartbeat
-        if state is not None and state.state == AWAITING and hb.state == hb.MONITORING:
+        hb = vm.channel.heartbeat_view
+        if state is not None and state.state == AWAITING and hb.state == HostState.MONITORING:
             self._run(
                 self.planner.on_event(
                     vm.spec.uuid,
@@ -377,10 +378,10 @@ class RecoveryController:
         vm = self.engine.vms.get(uuid)
         if vm is None:
             busy = "removed"
-        elif vm.channel.heartbeat.health == "healthy":
+        elif vm.channel.heartbeat_view.health == "healthy":
             busy = "the fault has cleared"  # recovered, or the guest said exit
         else:
-            busy = _busy(vm, timed_out_restart=vm.channel.heartbeat.health == RESTART_TIMEOUT)
+            busy = _busy(vm, timed_out_restart=vm.channel.heartbeat_view.health == RESTART_TIMEOUT)
         self._run(self.planner.on_timer(uuid, self.engine.clock(), busy=busy))
 
     def _run(self, commands: List[Command]) -> None:

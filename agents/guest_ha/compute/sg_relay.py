@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from typing import Any, Dict, List, Optional
 
+from ..messaging.payloads import SG_RELAY, SG_RELAY_BATCH, SgDelivery, SgRelayItem, SgRelayPdu
 from ..protocol import Message
+from ..runtime import RateLimitedLog
 from .config import VmSpec
 
 LOG = logging.getLogger("guest_ha.compute.sg")
@@ -29,14 +30,14 @@ class ServerGroupRelay:
         self.host = host
         self.relayed = 0
         self.dropped = 0
-        self._queue: "queue.Queue[Optional[Dict[str, Any]]]" = queue.Queue(max_queue)
-        self._last_warning = 0.0
+        self._queue: "queue.Queue[Optional[SgRelayItem]]" = queue.Queue(max_queue)
+        self._rlog = RateLimitedLog(LOG, 5.0)
         self._thread = threading.Thread(target=self._run, name="sg-relay", daemon=True)
         self._thread.start()
 
     def __call__(self, spec: VmSpec, msg: Message) -> None:
         """Queue one PDU from ``spec``'s guest (called in the heartbeat loop)."""
-        item = {
+        item: SgRelayItem = {
             "host": self.host,
             "instance_uuid": spec.uuid,
             "msg_type": msg.msg_type,
@@ -54,10 +55,13 @@ class ServerGroupRelay:
 
     def _drop(self, why: str) -> None:
         self.dropped += 1
-        now = time.monotonic()
-        if now - self._last_warning > 5:
-            self._last_warning = now
-            LOG.warning("server group message dropped (%s); %d dropped so far", why, self.dropped)
+        self._rlog(
+            logging.WARNING,
+            "dropped",
+            "server group message dropped (%s); %d dropped so far",
+            why,
+            self.dropped,
+        )
 
     def _run(self) -> None:
         while True:
@@ -77,11 +81,18 @@ class ServerGroupRelay:
                 batch.append(more)
             try:
                 if len(batch) == 1:
-                    self.client.cast("sg_relay", **item)
+                    self.client.cast(SG_RELAY, **item)
                 else:
-                    for b in batch:
-                        del b["host"]
-                    self.client.cast("sg_relay_batch", host=self.host, items=batch)
+                    items: List[SgRelayPdu] = [
+                        {
+                            "instance_uuid": b["instance_uuid"],
+                            "msg_type": b["msg_type"],
+                            "fields": b["fields"],
+                            "group": b["group"],
+                        }
+                        for b in batch
+                    ]
+                    self.client.cast(SG_RELAY_BATCH, host=self.host, items=items)
                 self.relayed += len(batch)
             except Exception as exc:  # best effort: broker down, etc.
                 self._drop(str(exc))
@@ -93,7 +104,7 @@ class ComputeEndpoint:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
-    def sg_deliver(self, ctxt: Dict[str, Any], deliveries: List[Dict[str, Any]]) -> None:
+    def sg_deliver(self, ctxt: Dict[str, Any], deliveries: List[SgDelivery]) -> None:
         if not isinstance(deliveries, list):
             return
         self.engine.post(lambda: self.engine.deliver_server_group(deliveries))

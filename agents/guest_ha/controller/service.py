@@ -10,6 +10,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional
 
+from ..messaging.payloads import REQUIRED_EVENT_KEYS, SgRelayPdu, VmState
+from ..runtime import RateLimitedLog
 from .dispatcher import Dispatcher
 from .origin import OriginCheck
 from .reporters import Reporter
@@ -18,8 +20,6 @@ from .store import EventStore
 from .store_sql import is_url
 
 LOG = logging.getLogger("guest_ha.controller")
-
-REQUIRED_EVENT_KEYS = ("idempotency_key", "instance_uuid", "kind")
 
 
 class ComputeRegistry:
@@ -133,7 +133,7 @@ class ControllerEndpoint:
         self.service.computes.seen(host, spool_depth=int(spool_depth), vms=int(vms))
         return {"ok": True}
 
-    # -- server group messaging (cast by compute agents; see server_groups.py)
+    # -- server group messaging (cast by compute agents; see server_groups/)
     def _sg_router(self, what: str) -> Any:
         router = self.service.server_groups
         if router is None:
@@ -156,7 +156,7 @@ class ControllerEndpoint:
         if router is not None:
             router.relay(host, instance_uuid, msg_type, fields, group)
 
-    def sg_relay_batch(self, ctxt: Dict[str, Any], host: str, items: List[Dict[str, Any]]) -> None:
+    def sg_relay_batch(self, ctxt: Dict[str, Any], host: str, items: List[SgRelayPdu]) -> None:
         """Route several server-group PDUs relayed by ``host``'s agent in one message."""
         if not self.service.origin.host_ok(ctxt, host, "sg_relay_batch"):
             return
@@ -165,7 +165,7 @@ class ControllerEndpoint:
             router.relay_batch(host, items)
 
     def vm_states(
-        self, ctxt: Dict[str, Any], host: str, vms: List[Dict[str, Any]], full: bool = True
+        self, ctxt: Dict[str, Any], host: str, vms: List[VmState], full: bool = True
     ) -> Dict[str, Any]:
         """``host``'s VMs ``[{uuid, name, state, power_state, task_state?, group?}]``
         (standalone membership and member state); ``full``: the complete list."""
@@ -224,7 +224,7 @@ class ControllerService:
         self._http: Optional[ThreadingHTTPServer] = None
         #: ``server_groups.ServerGroupRouter`` when server group messaging is enabled.
         self.server_groups = server_groups
-        self._sg_disabled_warned = 0.0
+        self._sg_disabled_log = RateLimitedLog(LOG, 60.0)
         #: Who may report which instance (origin.py); off unless configured.
         self.origin = origin or OriginCheck("off", "")
 
@@ -238,9 +238,9 @@ class ControllerService:
             LOG.exception("[instance %s] peer notification failed", event["instance_uuid"])
 
     def sg_disabled_log(self, what: str) -> None:
-        if time.monotonic() - self._sg_disabled_warned > 60:
-            self._sg_disabled_warned = time.monotonic()
-            LOG.warning("%s received but [server_groups] is not enabled: dropped", what)
+        self._sg_disabled_log(
+            logging.WARNING, what, "%s received but [server_groups] is not enabled: dropped", what
+        )
 
     def start(self) -> None:
         self.dispatcher.start()

@@ -34,6 +34,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from ..protocol.messages import MAX_REASON_CHARS
+
 MAX_LINE_BYTES = 16 * 1024
 """Longest request line. Room for a 3050-byte broadcast even when the client
 escapes every non-ASCII character (``\\uXXXX``) or pretty-prints a little."""
@@ -45,7 +47,6 @@ MAX_PUSHES = 256
 MAX_PUSH_BYTES = 512 * 1024
 PUSH_CHUNK_BYTES = 16 * 1024
 MAX_ID_CHARS = 64
-MAX_REASON_CHARS = 256
 MAX_TIMEOUT_MS = 86400000
 MIN_TIMEOUT_MS = 100
 ON_DISCONNECT = ("unhealthy", "forget", "keep")

@@ -21,7 +21,7 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import __version__
-from ..protocol.channel import GuestChannel
+from ..protocol.channel import GuestChannel, HostPdu, LogRecord
 from ..protocol.errors import ProtocolError
 from ..protocol.heartbeat import GuestHeartbeat
 from ..protocol.messages import HEALTHY, MAX_REASON_CHARS, UNHEALTHY
@@ -282,7 +282,7 @@ class GuestDaemon:
             self.link.handle(port_events, now)
         self.link.tick(now)
         self.channel.tick(now)
-        self.sg.process(now)
+        self._drain_channel(now)
         self.sg.tick(now)
         self.link.flush(now)
         self.server.flush(now)
@@ -295,9 +295,19 @@ class GuestDaemon:
         except (BlockingIOError, InterruptedError):
             pass
 
+    def _drain_channel(self, now: float) -> None:
+        """The channel's one drain point: server-group PDUs to the relay, events
+        and log records to the log."""
+        for item in self.channel.next_items():
+            if isinstance(item, HostPdu):
+                self.sg.handle(item.msg, now)
+            elif isinstance(item, LogRecord):
+                self.log.info("heartbeat: %s", item.text)
+            else:
+                self.log.info("heartbeat: %s", item)
+
     def _after_step(self) -> None:
-        for line in self.channel.take_log():
-            self.log.info("heartbeat: %s", line)
+        self._drain_channel(self.clock())
         if self.heartbeat.state != self._last_state:
             self.log.info("heartbeat state %s -> %s", self._last_state, self.heartbeat.state)
             self._last_state = self.heartbeat.state
@@ -307,11 +317,11 @@ class GuestDaemon:
         now = self.clock()
         self.channel.exit(now, reason)
         deadline = now + EXIT_FLUSH_S
-        while self.channel.pending_output() and self.link.state == PortLink.CONNECTED:
+        while self.channel.wants_write and self.link.state == PortLink.CONNECTED:
             self.link.flush(now)
             registration = self.link.poll_registration()
             now = self.clock()
-            if not self.channel.pending_output() or registration is None or now >= deadline:
+            if not self.channel.wants_write or registration is None or now >= deadline:
                 break
             poller = select.poll()
             poller.register(registration[0], select.POLLOUT)
@@ -320,7 +330,7 @@ class GuestDaemon:
             except InterruptedError:
                 pass
             now = self.clock()
-        if self.channel.pending_output():
+        if self.channel.wants_write:
             self.log.warning("could not deliver exit to the host")
 
 

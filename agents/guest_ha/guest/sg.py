@@ -3,7 +3,7 @@
 The daemon is the only process that may hold the virtio port, so apps reach the
 server group through the app API socket (:mod:`guest_ha.guest.apps`). This
 module adds the ``sg_*`` ops to an :class:`AppServer` and turns the validated
-server_group PDUs that :class:`GuestChannel` collects in ``server_group_inbox``
+server_group PDUs that :meth:`GuestChannel.next_items` hands out (``HostPdu``)
 into replies and pushes:
 
 * ``sg_subscribe`` / ``sg_unsubscribe``: one connection at a time owns the
@@ -262,19 +262,13 @@ class ServerGroupRelay:
         self._start_next(now)
 
     # -- input from the host -------------------------------------------------------------
-    def process(self, now: float) -> None:
-        """Handle what the channel received for the server_group application."""
-        inbox = self.channel.server_group_inbox
-        if not inbox:
+    def handle(self, msg: Message, now: float) -> None:
+        """Handle one server_group PDU the channel received from the host."""
+        handler = getattr(self, "_rx_" + msg.msg_type, None)
+        if handler is None:  # a PDU type added to the table later: ignore it
+            self.log.debug("server group: ignoring %s from the host", msg.msg_type)
             return
-        messages = list(inbox)
-        inbox.clear()
-        for msg in messages:
-            handler = getattr(self, "_rx_" + msg.msg_type, None)
-            if handler is None:  # a PDU type added to the table later: ignore it
-                self.log.debug("server group: ignoring %s from the host", msg.msg_type)
-                continue
-            handler(msg, now)
+        handler(msg, now)
 
     def _rx_status_response(self, msg: Message, now: float) -> None:
         query = self.inflight

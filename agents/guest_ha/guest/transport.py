@@ -238,7 +238,7 @@ class PortLink:
         if self.port is None or self.state != self.CONNECTED:
             return None
         events = select.POLLIN
-        if self.channel.pending_output():
+        if self.channel.wants_write:
             events |= select.POLLOUT
         return self.port.fileno(), events
 
@@ -282,17 +282,12 @@ class PortLink:
         """Write queued output, only while a host is connected."""
         if self.port is None or self.state != self.CONNECTED:
             return
-        pending = self.channel.pending_output()
-        if not pending:
-            return
         try:
-            sent = self.port.write(pending)
+            sent = self.channel.send_output(self.port.write)
         except DeviceGone as exc:
             self._gone(now, str(exc))
             return
-        if sent:
-            self.counters["bytes_out"] += sent
-            self.channel.output_sent(sent)
+        self.counters["bytes_out"] += sent
 
     def close(self) -> None:
         if self.port is not None:

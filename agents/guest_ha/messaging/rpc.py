@@ -39,6 +39,7 @@ import oslo_messaging
 
 from guest_ha.messaging.identity import rpc_server, stamp_user_id
 from guest_ha.messaging.options import configure
+from guest_ha.messaging.payloads import REPORT_EVENT
 
 LOG = logging.getLogger(__name__)
 
@@ -345,7 +346,7 @@ class ControllerClient(_Client):
 
     def report(self, event: Mapping[str, Any], timeout: Optional[float] = None) -> Dict[str, Any]:
         """Send one event (``report_event(event=...)``); return the controller's ack dict."""
-        ack = self.call("report_event", timeout, event=dict(event))
+        ack = self.call(REPORT_EVENT, timeout, event=dict(event))
         if not isinstance(ack, dict):
             raise MessagingError(
                 f"controller answered report_event with {type(ack).__name__}, not an ack dict"

@@ -4,7 +4,16 @@ Nothing here opens a socket or reads a clock: callers feed bytes and the
 current monotonic time, and collect bytes to send and events.
 """
 
-from .channel import ChannelLimits, GuestChannel, HostChannel
+from .channel import (
+    ChannelItem,
+    ChannelLimits,
+    GuestChannel,
+    GuestItem,
+    GuestPdu,
+    HostChannel,
+    HostPdu,
+    LogRecord,
+)
 from .envelope import HEARTBEAT, PROTOCOL_VERSION, SERVER_GROUP, Envelope, decode_envelope
 from .errors import (
     FrameTooLarge,
@@ -18,9 +27,9 @@ from .errors import (
     UnknownMessageType,
     UnsupportedVersion,
 )
+from .events import FAULT_KINDS, EventKind
 from .framing import MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from .heartbeat import (
-    FAULT_KINDS,
     GuestHeartbeat,
     HeartbeatEvent,
     HostHeartbeat,
@@ -38,18 +47,24 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
     "SERVER_GROUP",
+    "ChannelItem",
     "ChannelLimits",
     "Envelope",
+    "EventKind",
     "FrameDecoder",
     "FrameTooLarge",
     "GuestChannel",
     "GuestHeartbeat",
+    "GuestItem",
+    "GuestPdu",
     "HeartbeatEvent",
     "HostChannel",
     "HostHeartbeat",
+    "HostPdu",
     "HostPolicy",
     "InvalidEnvelope",
     "InvalidField",
+    "LogRecord",
     "MalformedFrame",
     "Message",
     "NotRegistered",

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from .envelope import HEARTBEAT, SERVER_GROUP, decode_envelope
 from .errors import ProtocolError, RateLimited
+from .events import EventKind, GuestEvent
 from .framing import MAX_FRAME_BYTES, FrameDecoder
 from .heartbeat import (
     EXIT,
@@ -22,12 +23,13 @@ from .heartbeat import (
     SUSPENDED,
     GuestHeartbeat,
     HeartbeatEvent,
+    HeartbeatView,
     HostHeartbeat,
     HostPolicy,
     _default_nonce,
 )
 from .messages import GUEST_TO_HOST, HOST_TO_GUEST, Message, nack, validate
-from .ratelimit import TokenBucket
+from .ratelimit import LogLimiter, TokenBucket, suppressed_note
 
 
 @dataclass(frozen=True)
@@ -70,35 +72,138 @@ class _Limited:
     suppressed."""
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
-        self._bucket = TokenBucket(rate, burst, now)
-        self.suppressed = 0
+        self._limiter = LogLimiter(rate, burst)
         self.records: List[Tuple[int, str]] = []
 
+    @property
+    def suppressed(self) -> int:
+        return self._limiter.suppressed
+
     def add(self, now: float, line: str, level: int = logging.WARNING) -> bool:
-        if self._bucket.consume(now):
-            if self.suppressed:
-                line += f" ({self.suppressed} similar message(s) suppressed)"
-                self.suppressed = 0
-            self.records.append((level, line))
-            return True
-        self.suppressed += 1
-        return False
+        held = self._limiter.admit(now)
+        if held is None:
+            return False
+        self.records.append((level, line + suppressed_note(held)))
+        return True
 
     def take_records(self) -> List[Tuple[int, str]]:
         records, self.records = self.records, []
         return records
 
-    def take(self) -> List[str]:
-        return [line for _, line in self.take_records()]
-
 
 #: Events a guest can cause at will (by re-registering, exiting, or making its
 #: channel flap); they are rate limited per VM. Faults and ``recovered`` never are.
 GUEST_TRIGGERED_EVENTS = frozenset({REGISTERED, EXIT, SUSPENDED})
-MISBEHAVING = "misbehaving"
+MISBEHAVING = EventKind.MISBEHAVING
 
 
-class HostChannel:
+@dataclass(frozen=True)
+class GuestPdu:
+    """A server-group PDU from the guest: validated and within the rate limit.
+    The VM's identity is the channel's, never anything in the PDU."""
+
+    msg: Message
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """A log line about this guest, under the per-VM log limit."""
+
+    level: int
+    text: str
+
+
+@dataclass(frozen=True)
+class HostPdu:
+    """A server-group PDU from the host, validated (the guest end's item)."""
+
+    msg: Message
+
+
+ChannelItem = Union[GuestPdu, HeartbeatEvent, LogRecord]
+"""What :meth:`HostChannel.next_items` hands out."""
+
+GuestItem = Union[HostPdu, GuestEvent, LogRecord]
+"""What :meth:`GuestChannel.next_items` hands out."""
+
+
+class _ChannelEnd:
+    """What both ends of the channel share: the receive loop (frames, envelope,
+    PDU validation for the direction this end receives) and bounded output."""
+
+    #: The direction of the PDUs this end receives.
+    RECEIVES = GUEST_TO_HOST
+
+    def __init__(self, max_frame: int) -> None:
+        self.decoder = FrameDecoder(max_frame)
+        self._out = bytearray()
+        self._server_group_inbox: List[Message] = []
+
+    # -- the receive loop
+    def _receive_frames(self, data: bytes, now: float) -> None:
+        for item in self.decoder.feed(data):
+            app = HEARTBEAT
+            try:
+                if isinstance(item, ProtocolError):
+                    raise item
+                assert isinstance(item, bytes)
+                envelope = decode_envelope(item)
+                app = envelope.dest_addr
+                self._accept(validate(envelope, self.RECEIVES), now)
+            except ProtocolError as exc:
+                self._rejected(app, exc, now)
+        self._flush()
+
+    def _accept(self, msg: Message, now: float) -> None:
+        """A valid PDU: heartbeat PDUs to the machine, server-group ones to the inbox."""
+        if msg.app == HEARTBEAT:
+            self._heartbeat_receive(msg, now)
+        else:
+            self._server_group_inbox.append(msg)
+
+    def _heartbeat_receive(self, msg: Message, now: float) -> None:
+        raise NotImplementedError
+
+    def _rejected(self, app: str, exc: ProtocolError, now: float) -> None:
+        raise NotImplementedError
+
+    # -- bounded output
+    def _output_limit(self) -> int:
+        raise NotImplementedError
+
+    def _output_dropped(self) -> None:
+        raise NotImplementedError
+
+    def _enqueue(self, msg: Message) -> bool:
+        """Queue one PDU's frame unless the output buffer would overflow."""
+        frame = msg.encode()
+        if len(self._out) + len(frame) > self._output_limit():
+            self._output_dropped()
+            return False
+        self._out += frame
+        return True
+
+    @property
+    def wants_write(self) -> bool:
+        """Whether output is waiting (the shell then waits for the peer to be writable)."""
+        return bool(self._out)
+
+    def send_output(self, write: Callable[[bytes], int]) -> int:
+        """Offer the buffered output to ``write`` (a non-blocking send), which
+        returns how many bytes it took; those leave the buffer, the rest waits
+        for the next call. Returns that count. If ``write`` raises, nothing
+        leaves the buffer and the exception propagates."""
+        if not self._out:
+            return 0
+        sent = write(bytes(self._out))
+        del self._out[:sent]
+        return sent
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+
+class HostChannel(_ChannelEnd):
     """The compute host's end of one VM's channel."""
 
     def __init__(
@@ -108,9 +213,9 @@ class HostChannel:
         now: float,
         nonce_source: Callable[[], str] = _default_nonce,
     ) -> None:
+        super().__init__(limits.max_frame)
         self.limits = limits
-        self.heartbeat = HostHeartbeat(policy, nonce_source)
-        self.decoder = FrameDecoder(limits.max_frame)
+        self._heartbeat = HostHeartbeat(policy, nonce_source)
         self._app_buckets = {
             HEARTBEAT: TokenBucket(limits.heartbeat_rate, limits.heartbeat_burst, now),
             SERVER_GROUP: TokenBucket(limits.server_group_rate, limits.server_group_burst, now),
@@ -124,8 +229,6 @@ class HostChannel:
         self._notices: List[HeartbeatEvent] = []
         self._reported_fault: Optional[str] = None
         self._pending_recovery: Optional[HeartbeatEvent] = None
-        self._out = bytearray()
-        self.server_group_inbox: List[Message] = []
         self.counters: Dict[str, int] = {
             "bytes_in": 0,
             "frames_in": 0,
@@ -144,14 +247,14 @@ class HostChannel:
     def connection_made(self, now: float) -> None:
         self.decoder.reset()
         self._out.clear()
-        self.heartbeat.connection_made(now)
+        self._heartbeat.connection_made(now)
         self._flush()
 
     def connection_lost(self, now: float) -> None:
         self.decoder.reset()
         self._out.clear()
-        self.heartbeat.connection_lost(now)
-        self.heartbeat.outbox.clear()
+        self._heartbeat.connection_lost(now)
+        self._heartbeat.outbox.clear()
 
     # -- input --------------------------------------------------------------------
     def read_allowance(self, now: float) -> int:
@@ -169,31 +272,22 @@ class HostChannel:
     def receive_data(self, data: bytes, now: float) -> None:
         self.counters["bytes_in"] += len(data)
         self._read_bucket.take_up_to(now, len(data))
-        for item in self.decoder.feed(data):
-            self._receive_frame(item, now)
-        self._flush()
+        self._receive_frames(data, now)
 
-    def _receive_frame(self, item: object, now: float) -> None:
-        app = HEARTBEAT
-        try:
-            if isinstance(item, ProtocolError):
-                raise item
-            assert isinstance(item, bytes)
-            envelope = decode_envelope(item)
-            app = envelope.dest_addr
-            msg = validate(envelope, GUEST_TO_HOST)
-            if not self._app_buckets[app].consume(now):
-                self.counters["rate_limited"] += 1
-                self._limit_hit(now, f"{app}_rate")
-                raise RateLimited(f"{app} rate limit exceeded, message dropped", msg.msg_type)
-            self.counters["frames_in"] += 1
-            if app == HEARTBEAT:
-                self.heartbeat.receive(msg, now)
-            else:
-                self.server_group_inbox.append(msg)
-        except ProtocolError as exc:
-            self.counters["bad_frames"] += 1
-            self.reject(now, app, exc.msg_type, exc.code, exc.message)
+    def _accept(self, msg: Message, now: float) -> None:
+        if not self._app_buckets[msg.app].consume(now):
+            self.counters["rate_limited"] += 1
+            self._limit_hit(now, f"{msg.app}_rate")
+            raise RateLimited(f"{msg.app} rate limit exceeded, message dropped", msg.msg_type)
+        self.counters["frames_in"] += 1
+        super()._accept(msg, now)
+
+    def _heartbeat_receive(self, msg: Message, now: float) -> None:
+        self._heartbeat.receive(msg, now)
+
+    def _rejected(self, app: str, exc: ProtocolError, now: float) -> None:
+        self.counters["bad_frames"] += 1
+        self.reject(now, app, exc.msg_type, exc.code, exc.message)
 
     def reject(self, now: float, app: str, msg_type: str, code: str, text: str) -> bool:
         """Answer a rejected PDU with a nack and a log line, within the nack limit
@@ -246,37 +340,40 @@ class HostChannel:
         """Whether a limit was hit within the last ``misbehaving_quiet_s``."""
         return self._misbehaving_until is not None and now < self._misbehaving_until
 
+    @property
+    def heartbeat_view(self) -> HeartbeatView:
+        """The heartbeat machine, read-only (status, metrics, recovery)."""
+        return self._heartbeat
+
+    def retract_fault(self, now: float, kind: str, state: str) -> None:
+        """The hypervisor explains a held fault (the domain is ``state``, not
+        running): forget it and suspend; the ``suspended`` notice is not news."""
+        self._heartbeat.retract_fault(kind)
+        self.suspend(now, state)
+        self._take_events()
+
     # -- time ---------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        self.heartbeat.tick(now)
+        self._heartbeat.tick(now)
         self._flush()
 
     def next_deadline(self) -> Optional[float]:
-        return self.heartbeat.next_deadline()
+        return self._heartbeat.next_deadline()
 
     # -- output -------------------------------------------------------------------
     def queue(self, msg: Message) -> bool:
         """Queue one PDU for the guest; drop it if the output buffer is full."""
-        if not self.heartbeat.connected:
+        if not self._heartbeat.connected:
             return False
-        frame = msg.encode()
-        if len(self._out) + len(frame) > self.limits.max_output_bytes:
-            self.counters["output_dropped"] += 1
-            return False
-        self._out += frame
-        return True
+        return self._enqueue(msg)
 
-    def pending_output(self) -> bytes:
-        return bytes(self._out)
+    def _output_limit(self) -> int:
+        return self.limits.max_output_bytes
 
-    def output_sent(self, count: int) -> None:
-        del self._out[:count]
+    def _output_dropped(self) -> None:
+        self.counters["output_dropped"] += 1
 
-    @property
-    def wants_write(self) -> bool:
-        return bool(self._out)
-
-    def take_events(self, now: Optional[float] = None) -> List[HeartbeatEvent]:
+    def _take_events(self, now: Optional[float] = None) -> List[HeartbeatEvent]:
         """Events to report, with guest-triggered ones within the per-VM event limit.
 
         Faults always pass. A ``recovered`` (or an ``exit`` that clears a fault)
@@ -284,7 +381,7 @@ class HostChannel:
         are dropped (the controller still
         sees the VM in that fault, which it was), else the recovery is reported
         once the limit allows. ``now`` defaults to each event's time."""
-        events, self.heartbeat.events = self.heartbeat.events, []
+        events, self._heartbeat.events = self._heartbeat.events, []
         out: List[HeartbeatEvent] = []
         at = now
         for event in events:
@@ -334,81 +431,69 @@ class HostChannel:
         self._limit_hit(now, "events")
         return False
 
-    def take_log(self) -> List[str]:
-        return self._log.take()
-
-    def take_log_records(self) -> List[Tuple[int, str]]:
-        """Log lines as (level, text), all levels under one per-VM limit."""
-        return self._log.take_records()
+    def next_items(self, now: float) -> List[ChannelItem]:
+        """Everything that happened since the last call, in one list, in this
+        order: the guest's server-group PDUs, the events to report (within the
+        per-VM event limit, as :meth:`_take_events`), then the log records.
+        Handling a PDU may add log lines: call again until it returns []."""
+        inbox, self._server_group_inbox = self._server_group_inbox, []
+        items: List[ChannelItem] = [GuestPdu(msg) for msg in inbox]
+        items += self._take_events(now)
+        items += [LogRecord(level, text) for level, text in self._log.take_records()]
+        return items
 
     # -- lifecycle (from the hypervisor side) ----------------------------------------
     def suspend(self, now: float, reason: str) -> None:
-        self.heartbeat.suspend(now, reason)
+        self._heartbeat.suspend(now, reason)
         self._flush()
 
     def resume(self, now: float) -> None:
-        self.heartbeat.resume(now)  # may challenge at once
+        self._heartbeat.resume(now)  # may challenge at once
         self._flush()
 
     def expect_registration(self, now: float, reason: str) -> None:
-        self.heartbeat.expect_registration(now, reason)
+        self._heartbeat.expect_registration(now, reason)
         # The hypervisor restarted the guest: its next registration is not churn.
         self._registration_expected = True
         self._flush()
 
     def report_fault(self, now: float, kind: str, reason: str, **detail: object) -> None:
-        self.heartbeat.report_fault(now, kind, reason, **detail)
-        self._flush()
-
-    def flush(self) -> None:
-        """Move PDUs the heartbeat machine produced to the output buffer (for callers
-        that drive ``self.heartbeat`` directly; the methods above do it themselves)."""
+        self._heartbeat.report_fault(now, kind, reason, **detail)
         self._flush()
 
     def _flush(self) -> None:
-        if self.heartbeat.outbox:
-            outbox, self.heartbeat.outbox = self.heartbeat.outbox, []
+        if self._heartbeat.outbox:
+            outbox, self._heartbeat.outbox = self._heartbeat.outbox, []
             for msg in outbox:
                 self.queue(msg)
 
 
-class GuestChannel:
+class GuestChannel(_ChannelEnd):
     """The guest daemon's end of the channel."""
 
+    RECEIVES = HOST_TO_GUEST
+
     def __init__(self, heartbeat: GuestHeartbeat, now: float, max_frame: int = MAX_FRAME_BYTES):
+        super().__init__(max_frame)
         self.heartbeat = heartbeat
-        self.decoder = FrameDecoder(max_frame)
         self._error_bucket = TokenBucket(5.0, 10.0, now)
         self._log = _Limited(1.0, 5.0, now)
-        self._out = bytearray()
         self.max_output_bytes = 64 * 1024
-        self.server_group_inbox: List[Message] = []
         self.bad_frames = 0
         self.output_dropped = 0
 
     def receive_data(self, data: bytes, now: float) -> None:
-        for item in self.decoder.feed(data):
-            app = HEARTBEAT
-            try:
-                if isinstance(item, ProtocolError):
-                    raise item
-                assert isinstance(item, bytes)
-                envelope = decode_envelope(item)
-                app = envelope.dest_addr
-                msg = validate(envelope, HOST_TO_GUEST)
-                if app == HEARTBEAT:
-                    self.heartbeat.receive(msg, now)
-                else:
-                    self.server_group_inbox.append(msg)
-            except ProtocolError as exc:
-                self.bad_frames += 1
-                if self._error_bucket.consume(now):
-                    self._log.add(
-                        now, f"rejected {exc.msg_type or 'frame'} from host: {exc.message}"
-                    )
-                    if exc.msg_type != "nack":
-                        self.queue(nack(app, exc.msg_type, f"{exc.code}: {exc.message}"))
-        self._flush()
+        self._receive_frames(data, now)
+
+    def _heartbeat_receive(self, msg: Message, now: float) -> None:
+        self.heartbeat.receive(msg, now)
+
+    def _rejected(self, app: str, exc: ProtocolError, now: float) -> None:
+        self.bad_frames += 1
+        if self._error_bucket.consume(now):
+            self._log.add(now, f"rejected {exc.msg_type or 'frame'} from host: {exc.message}")
+            if exc.msg_type != "nack":
+                self.queue(nack(app, exc.msg_type, f"{exc.code}: {exc.message}"))
 
     def host_connected(self, now: float) -> None:
         # Whatever was queued for the previous host is stale: registration starts afresh.
@@ -433,26 +518,27 @@ class GuestChannel:
         self._flush()
 
     def queue(self, msg: Message) -> bool:
-        frame = msg.encode()
-        if len(self._out) + len(frame) > self.max_output_bytes:
-            self.output_dropped += 1
-            return False
-        self._out += frame
-        return True
+        return self._enqueue(msg)
 
-    def pending_output(self) -> bytes:
-        return bytes(self._out)
+    def _output_limit(self) -> int:
+        return self.max_output_bytes
 
-    def output_sent(self, count: int) -> None:
-        del self._out[:count]
+    def _output_dropped(self) -> None:
+        self.output_dropped += 1
 
     def discard_output(self) -> None:
         self._out.clear()
 
-    def take_log(self) -> List[str]:
-        lines = self._log.take()
-        events, self.heartbeat.events = self.heartbeat.events, []
-        return events + lines
+    def next_items(self) -> List[GuestItem]:
+        """Everything that happened since the last call, in one list, in this
+        order: the host's server-group PDUs, the heartbeat machine's events
+        (``GuestEvent``, a ``str``: its log line), then the log records."""
+        inbox, self._server_group_inbox = self._server_group_inbox, []
+        items: List[GuestItem] = [HostPdu(msg) for msg in inbox]
+        items += self.heartbeat.events
+        self.heartbeat.events = []
+        items += [LogRecord(level, text) for level, text in self._log.take_records()]
+        return items
 
     def _flush(self) -> None:
         if self.heartbeat.outbox:

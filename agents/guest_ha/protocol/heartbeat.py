@@ -10,38 +10,48 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
 from .envelope import HEARTBEAT
 from .errors import NotRegistered
+from .events import FAULT_KINDS, EventKind, GuestEvent, GuestEventKind
 from .messages import (
     GUEST_TO_HOST,
     HEALTHY,
     HOST_TO_GUEST,
+    MAX_REASON_CHARS,
     UNHEALTHY,
     Message,
     _printable,
     make,
 )
+from .transitions import (
+    GuestInput,
+    GuestState,
+    HostInput,
+    HostState,
+    guest_handles,
+    guest_next,
+    host_handles,
+    host_next,
+)
 
-# Host-side event kinds. Faults first.
-HEARTBEAT_LOST = "heartbeat_lost"
-UNHEALTHY_FAULT = "unhealthy"
-RESTART_TIMEOUT = "restart_timeout"
-VM_CRASHED = "vm_crashed"
-"""Reported by the hypervisor side (QEMU died, guest panic, domain destroyed)."""
-FAULT_KINDS = frozenset({HEARTBEAT_LOST, UNHEALTHY_FAULT, RESTART_TIMEOUT, VM_CRASHED})
-RECOVERED = "recovered"
-REGISTERED = "registered"
-EXIT = "exit"
-SUSPENDED = "suspended"
+# Host-side event kinds (owned by events.EventKind), under their historic names.
+HEARTBEAT_LOST = EventKind.HEARTBEAT_LOST
+UNHEALTHY_FAULT = EventKind.UNHEALTHY
+RESTART_TIMEOUT = EventKind.RESTART_TIMEOUT
+VM_CRASHED = EventKind.VM_CRASHED
+RECOVERED = EventKind.RECOVERED
+REGISTERED = EventKind.REGISTERED
+EXIT = EventKind.EXIT
+SUSPENDED = EventKind.SUSPENDED
 
 
 @dataclass(frozen=True)
 class HeartbeatEvent:
     """Something the host learnt about a guest. ``at`` is the caller's clock value."""
 
-    kind: str
+    kind: EventKind
     at: float
     detail: Dict[str, Any] = field(default_factory=dict)
 
@@ -81,20 +91,53 @@ def _default_nonce() -> str:
     return secrets.token_hex(8)
 
 
+class HeartbeatView(Protocol):
+    """A read-only view of a host heartbeat machine, for status, metrics and
+    recovery (``HostChannel.heartbeat_view``): they read it, never drive it."""
+
+    @property
+    def state(self) -> HostState: ...
+    @property
+    def health(self) -> str: ...
+    @property
+    def health_reason(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def corrective_action(self) -> Optional[str]: ...
+    @property
+    def interval_ms(self) -> Optional[int]: ...
+    @property
+    def misses(self) -> int: ...
+    @property
+    def last_rtt_s(self) -> Optional[float]: ...
+    @property
+    def challenges_sent(self) -> int: ...
+    @property
+    def responses_ok(self) -> int: ...
+    @property
+    def missed_total(self) -> int: ...
+    @property
+    def stale_responses(self) -> int: ...
+    @property
+    def last_response_at(self) -> Optional[float]: ...
+
+
 class HostHeartbeat:
     """The compute host's view of one guest's heartbeat registration."""
 
-    AWAITING_INIT = "awaiting_init"
-    MONITORING = "monitoring"
-    EXITED = "exited"
-    SUSPENDED = "suspended"
+    # States and transitions: transitions.HostState, HOST_TRANSITIONS (§6.2).
+    AWAITING_INIT = HostState.AWAITING_INIT
+    MONITORING = HostState.MONITORING
+    EXITED = HostState.EXITED
+    SUSPENDED = HostState.SUSPENDED
 
     def __init__(
         self, policy: HostPolicy, nonce_source: Callable[[], str] = _default_nonce
     ) -> None:
         self.policy = policy
         self._nonce_source = nonce_source
-        self.state = self.SUSPENDED
+        self.state: HostState = self.SUSPENDED
         self.connected = False
         self.health = HEALTHY
         self.health_reason = ""
@@ -123,8 +166,8 @@ class HostHeartbeat:
     def connection_made(self, now: float) -> None:
         """The channel to the guest is up: the VM runs and should (re-)register."""
         self.connected = True
-        if self.state != self.EXITED:
-            self.state = self.AWAITING_INIT
+        if host_handles(self.state, HostInput.CHANNEL_UP):
+            self.state = host_next(self.state, HostInput.CHANNEL_UP)
             self._next_challenge = None
             self._arm_restart(now)
 
@@ -135,8 +178,7 @@ class HostHeartbeat:
     def suspend(self, now: float, reason: str) -> None:
         """Stop challenging without a fault (lifecycle operation, channel down)."""
         was_monitoring = self.state == self.MONITORING
-        if self.state != self.EXITED:
-            self.state = self.SUSPENDED
+        self.state = host_next(self.state, HostInput.SUSPEND)
         self._next_challenge = None
         self._restart_deadline = None
         self._answered = True
@@ -147,7 +189,7 @@ class HostHeartbeat:
         """The guest OS is (re)starting (boot, reboot): no fault now, but it must
         register within ``restart_timeout``."""
         self.suspend(now, reason)
-        self.state = self.SUSPENDED
+        self.state = host_next(self.state, HostInput.EXPECT_REGISTRATION)
         self._arm_restart(now)
 
     def report_fault(self, now: float, kind: str, reason: str, **detail: Any) -> None:
@@ -180,16 +222,17 @@ class HostHeartbeat:
         migration) answers it, the answer is refused with a ``nack``, and the
         guest registers at once instead of after its own stale timeout.
         """
-        if not self.connected or self.state in (self.EXITED, self.MONITORING):
+        registered = self.invocation_id is not None
+        event = HostInput.RESUME_REGISTERED if registered else HostInput.RESUME
+        if not self.connected or not host_handles(self.state, event):
             return
-        if self.invocation_id is not None and self.state == self.SUSPENDED:
-            self.state = self.MONITORING
+        self.state = host_next(self.state, event)
+        if self.state == self.MONITORING:
             self.misses = 0
             self._send_challenge(now)
             if self._next_challenge is not None:
                 self._next_challenge += self.policy.resume_grace_s
         else:
-            self.state = self.AWAITING_INIT
             self._arm_restart(now)
             self.seq += 1
             self.outbox.append(
@@ -266,7 +309,7 @@ class HostHeartbeat:
             if interval != old_interval:
                 self._next_challenge = self._challenge_sent_at + interval / 1000.0
             return
-        self.state = self.MONITORING
+        self.state = host_next(self.state, HostInput.REGISTER)
         self._next_challenge = None  # a new registration starts a fresh schedule
         self.misses = 0
         self._restart_deadline = None
@@ -307,7 +350,7 @@ class HostHeartbeat:
             return
         cleared = self.health if self.health != HEALTHY else None
         self.health, self.health_reason = HEALTHY, ""
-        self.state = self.EXITED
+        self.state = host_next(self.state, HostInput.EXIT)
         self._next_challenge = None
         self._restart_deadline = None
         self._emit(EXIT, now, reason=msg["reason"], cleared_fault=cleared)
@@ -345,16 +388,17 @@ class HostHeartbeat:
             detail.setdefault("interval_ms", self.interval_ms)
         if self.invocation_id is not None:
             detail.setdefault("invocation_id", self.invocation_id)
-        self.events.append(HeartbeatEvent(kind, now, detail))
+        self.events.append(HeartbeatEvent(EventKind(kind), now, detail))
 
 
 class GuestHeartbeat:
     """The guest daemon's side of heartbeat registration."""
 
-    IDLE = "idle"
-    REGISTERING = "registering"
-    REGISTERED = "registered"
-    EXITED = "exited"
+    # States and transitions: transitions.GuestState, GUEST_TRANSITIONS (§6.4).
+    IDLE = GuestState.IDLE
+    REGISTERING = GuestState.REGISTERING
+    REGISTERED = GuestState.REGISTERED
+    EXITED = GuestState.EXITED
 
     def __init__(
         self,
@@ -373,7 +417,7 @@ class GuestHeartbeat:
         self.corrective_action = corrective_action
         self.init_retry_s = init_retry_s
         self.stale_intervals = stale_intervals
-        self.state = self.IDLE
+        self.state: GuestState = self.IDLE
         self.host_present = True
         self.health = HEALTHY
         self.reason = ""
@@ -381,7 +425,7 @@ class GuestHeartbeat:
         self._next_init: Optional[float] = None
         self._last_challenge = 0.0
         self.outbox: List[Message] = []
-        self.events: List[str] = []
+        self.events: List[GuestEvent] = []
         # Reject our own bad configuration early, with the receiver's rules.
         self._init_message()
 
@@ -396,14 +440,14 @@ class GuestHeartbeat:
         return make(HEARTBEAT, "init", GUEST_TO_HOST, **fields)
 
     def start(self, now: float) -> None:
-        self.state = self.REGISTERING
+        self.state = guest_next(self.state, GuestInput.START)
         self._send_init(now)
 
     def host_connected(self, now: float) -> None:
         """The port stopped reporting hang-up: a host process (re)connected."""
         self.host_present = True
-        if self.state in (self.REGISTERING, self.REGISTERED):
-            self.state = self.REGISTERING
+        if guest_handles(self.state, GuestInput.HOST_CONNECTED):
+            self.state = guest_next(self.state, GuestInput.HOST_CONNECTED)
             self._send_init(now)
 
     def host_disconnected(self, now: float) -> None:
@@ -413,7 +457,7 @@ class GuestHeartbeat:
     def set_health(self, health: str, reason: str = "") -> None:
         if health not in (HEALTHY, UNHEALTHY):
             raise ValueError(f"health must be {HEALTHY!r} or {UNHEALTHY!r}")
-        self.health, self.reason = health, _printable(reason)[:256]
+        self.health, self.reason = health, _printable(reason)[:MAX_REASON_CHARS]
 
     def receive(self, msg: Message, now: float) -> None:
         if self.state in (self.IDLE, self.EXITED):
@@ -421,15 +465,28 @@ class GuestHeartbeat:
         if msg.msg_type == "init_ack":
             if msg["invocation_id"] == self.invocation_id:
                 if self.state != self.REGISTERED:
-                    self.events.append(f"registered, interval {msg['interval_ms']} ms")
-                self.state = self.REGISTERED
+                    interval = msg["interval_ms"]
+                    self.events.append(
+                        GuestEvent(
+                            GuestEventKind.REGISTERED,
+                            f"registered, interval {interval} ms",
+                            interval_ms=interval,
+                        )
+                    )
+                self.state = guest_next(self.state, GuestInput.INIT_ACK)
                 self.effective_interval_ms = msg["interval_ms"]
                 self._last_challenge = now
         elif msg.msg_type == "challenge":
             self._last_challenge = now
             if self.state == self.REGISTERING:
-                self.state = self.REGISTERED
-                self.events.append("registered (challenged before init_ack)")
+                self.events.append(
+                    GuestEvent(
+                        GuestEventKind.REGISTERED,
+                        "registered (challenged before init_ack)",
+                        interval_ms=self.effective_interval_ms,
+                    )
+                )
+            self.state = guest_next(self.state, GuestInput.CHALLENGE)
             self.challenges_answered += 1
             self.outbox.append(
                 Message(
@@ -444,9 +501,17 @@ class GuestHeartbeat:
                 )
             )
         elif msg.msg_type == "nack":
-            self.events.append(f"host nacked {msg['orig_msg_type']}: {msg['log_msg']}")
+            orig, text = msg["orig_msg_type"], msg["log_msg"]
+            self.events.append(
+                GuestEvent(
+                    GuestEventKind.HOST_NACKED,
+                    f"host nacked {orig}: {text}",
+                    orig_msg_type=orig,
+                    log_msg=text,
+                )
+            )
             if msg["orig_msg_type"] in ("challenge_response", "init"):
-                self.state = self.REGISTERING
+                self.state = guest_next(self.state, GuestInput.NACK)
                 if msg["orig_msg_type"] == "challenge_response":
                     self._send_init(now)
 
@@ -457,8 +522,15 @@ class GuestHeartbeat:
         # ">=" against the very value next_deadline() returns: a tick at the
         # deadline must act, or an event loop would spin on it.
         elif self.state == self.REGISTERED and now >= self._stale_at():
-            self.events.append(f"no challenge for {self._stale_after():.1f} s: registering again")
-            self.state = self.REGISTERING
+            after = self._stale_after()
+            self.events.append(
+                GuestEvent(
+                    GuestEventKind.STALE,
+                    f"no challenge for {after:.1f} s: registering again",
+                    silent_s=after,
+                )
+            )
+            self.state = guest_next(self.state, GuestInput.STALE)
             self._send_init(now)
 
     def next_deadline(self) -> Optional[float]:
@@ -484,10 +556,10 @@ class GuestHeartbeat:
                     "exit",
                     GUEST_TO_HOST,
                     invocation_id=self.invocation_id,
-                    reason=_printable(reason)[:256],
+                    reason=_printable(reason)[:MAX_REASON_CHARS],
                 )
             )
-        self.state = self.EXITED
+        self.state = guest_next(self.state, GuestInput.SHUTDOWN)
 
     def _send_init(self, now: float) -> None:
         # Until an init_ack says otherwise, the effective interval is the one asked

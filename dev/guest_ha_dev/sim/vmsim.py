@@ -16,9 +16,10 @@ import time
 import tty
 import uuid as uuidlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 from guest_ha.protocol import HEARTBEAT, SERVER_GROUP, GuestChannel, GuestHeartbeat, Message
+from guest_ha.protocol.channel import HostPdu, LogRecord
 from guest_ha.protocol.envelope import encode_envelope
 from guest_ha.protocol.messages import HEALTHY, UNHEALTHY
 
@@ -76,6 +77,9 @@ class _SimGuest:
             corrective_action=self.corrective_action,
         )
         self.channel = GuestChannel(self.heartbeat, now)
+        # What the channel handed out, the last 50 of each, for status().
+        self.log: Deque[str] = collections.deque(maxlen=50)
+        self.sg_received: Deque[Message] = collections.deque(maxlen=50)
         self.heartbeat.start(now)
         self.channel._flush()
 
@@ -297,10 +301,9 @@ class VmSimulator:
                         effective_interval_ms=hb.effective_interval_ms,
                         frozen=vm.guest.frozen,
                         hostile_bytes=vm.guest.hostile_bytes,
-                        nacks=[ln for ln in hb.events if "nacked" in ln][-5:],
+                        nacks=[ln for ln in vm.guest.log if "nacked" in ln][-5:],
                         server_group_received=[
-                            {"msg_type": m.msg_type, **m.fields}
-                            for m in vm.guest.channel.server_group_inbox
+                            {"msg_type": m.msg_type, **m.fields} for m in vm.guest.sg_received
                         ],
                     )
                 out[key] = entry
@@ -572,20 +575,21 @@ class VmSimulator:
         guest = vm.guest
         if guest is None:
             return
-        inbox = guest.channel.server_group_inbox
-        if inbox and self.on_server_group is not None:
-            now_ns = time.monotonic_ns()
-            for msg in inbox:
-                self.on_server_group(vm.info.uuid, msg, now_ns)
-            inbox.clear()
-        if len(inbox) > 50:
-            del inbox[:-50]
-        if len(guest.heartbeat.events) > 50:
-            del guest.heartbeat.events[:-50]
-        pending = guest.channel.pending_output()
-        if pending:
-            guest.channel.output_sent(len(pending))
-            self._queue_to_host(vm, pending)
+        now_ns = time.monotonic_ns()
+        for item in guest.channel.next_items():
+            if isinstance(item, HostPdu):
+                if self.on_server_group is not None:
+                    self.on_server_group(vm.info.uuid, item.msg, now_ns)
+                else:
+                    guest.sg_received.append(item.msg)
+            else:
+                guest.log.append(item.text if isinstance(item, LogRecord) else item)
+
+        def to_host(data: bytes) -> int:
+            self._queue_to_host(vm, data)  # takes it all (counting what overflows)
+            return len(data)
+
+        guest.channel.send_output(to_host)
 
     def _send_to_host(self, vm: _SimVm) -> None:
         if vm.conn is None or not vm.to_host:

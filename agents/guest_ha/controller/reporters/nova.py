@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from ...protocol.events import EventKind
 from . import HttpReporter, http_error
 
 
@@ -21,7 +22,7 @@ class NovaReporter(HttpReporter):
     def report(self, event: Dict[str, Any]) -> None:
         if event.get("fault"):
             state = "error"
-        elif event.get("kind") == "recovered" and self.reset_on_recovery:
+        elif event.get("kind") == EventKind.RECOVERED and self.reset_on_recovery:
             state = "active"
         else:
             return

@@ -24,6 +24,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional
 
+from ...protocol.events import EventKind
 from ...vitrage_datasource import (
     DETAIL_INSTANCE,
     DETAIL_STATUS,
@@ -36,11 +37,11 @@ from ...vitrage_datasource import (
 from . import HttpReporter, ReporterError, http_error
 
 #: Severity of the alarm per fault kind (``datasources_values/guest_ha.yaml``).
-SEVERITY = {
-    "heartbeat_lost": "critical",
-    "vm_crashed": "critical",
-    "restart_timeout": "critical",
-    "unhealthy": "major",
+SEVERITY: Dict[str, str] = {
+    EventKind.HEARTBEAT_LOST: "critical",
+    EventKind.VM_CRASHED: "critical",
+    EventKind.RESTART_TIMEOUT: "critical",
+    EventKind.UNHEALTHY: "major",
 }
 
 
@@ -69,7 +70,7 @@ def build_event(event: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     if event.get("fault"):
         event_type, status = FAULT_EVENT, STATUS_FAULT
         severity = SEVERITY.get(str(kind), "critical")
-    elif kind == "recovered":
+    elif kind == EventKind.RECOVERED:
         event_type, status, severity = RECOVERED_EVENT, STATUS_OK, "OK"
     else:
         return None
