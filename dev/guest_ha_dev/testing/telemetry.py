@@ -45,7 +45,7 @@ from .procs import (
 )
 from .venv_cache import _TEMPLATES, ensure_venvs
 
-__all__ = ["Telemetry"]
+__all__ = ["Telemetry", "register_service"]
 
 #: Queues that must each have a consumer before events flow end to end:
 #: Nova -> Ceilometer, Ceilometer -> aodh-listener, aodh-listener -> aodh-notifier.
@@ -233,55 +233,14 @@ class Telemetry:
 
     def _register_catalog(self) -> None:
         """User ``aodh`` (service, admin) and the ``alarming`` service."""
-        cloud = self.cloud
-        system, _ = cloud._keystone_token(
-            {"system": {"all": True}}, cloud.ADMIN_USER, cloud.admin_password
+        register_service(
+            self.cloud,
+            self.AODH_SERVICE_USER,
+            self.aodh_service_password,
+            "aodh",
+            "alarming",
+            self.aodh_url,
         )
-
-        def call(method: str, path: str, body: Any = None) -> Any:
-            status, _, payload = _http(
-                method, cloud.auth_url + path, body, headers={"X-Auth-Token": system}
-            )
-            if status not in (200, 201, 204):
-                raise CloudStartError(f"Keystone {method} {path}: HTTP {status} {payload}")
-            return payload
-
-        domain = call("GET", "/domains?name=" + cloud.DOMAIN)["domains"][0]["id"]
-        project = call("GET", "/projects?name=" + cloud.SERVICE_PROJECT)["projects"][0]["id"]
-        roles = {r["name"]: r["id"] for r in call("GET", "/roles")["roles"]}
-        user = call(
-            "POST",
-            "/users",
-            {
-                "user": {
-                    "name": self.AODH_SERVICE_USER,
-                    "password": self.aodh_service_password,
-                    "domain_id": domain,
-                    "default_project_id": project,
-                }
-            },
-        )["user"]["id"]
-        for role in ("service", "admin"):
-            call("PUT", f"/projects/{project}/users/{user}/roles/{roles[role]}")
-        service = call(
-            "POST",
-            "/services",
-            {"service": {"name": "aodh", "type": "alarming", "enabled": True}},
-        )["service"]["id"]
-        for interface in ("public", "internal", "admin"):
-            call(
-                "POST",
-                "/endpoints",
-                {
-                    "endpoint": {
-                        "service_id": service,
-                        "interface": interface,
-                        "region_id": cloud.REGION,
-                        "url": self.aodh_url,
-                        "enabled": True,
-                    }
-                },
-            )
 
     def queue_consumers(self) -> Dict[str, int]:
         """Consumers per queue on the cloud's RabbitMQ node."""
@@ -321,3 +280,42 @@ class Telemetry:
         if status != 200:
             raise CloudStartError(f"Aodh history of {alarm_id}: HTTP {status} {payload}")
         return list(payload)
+
+
+def register_service(
+    cloud: NovaCloud, user: str, password: str, name: str, service_type: str, url: str
+) -> None:
+    """Add a service user (roles ``service`` and ``admin`` in the service
+    project) and a catalog entry (public, internal, admin at ``url``) to the
+    running ``cloud``'s Keystone."""
+    system, _ = cloud._keystone_token(
+        {"system": {"all": True}}, cloud.ADMIN_USER, cloud.admin_password
+    )
+
+    def call(method: str, path: str, body: Any = None) -> Any:
+        status, _, payload = _http(
+            method, cloud.auth_url + path, body, headers={"X-Auth-Token": system}
+        )
+        if status not in (200, 201, 204):
+            raise CloudStartError(f"Keystone {method} {path}: HTTP {status} {payload}")
+        return payload
+
+    domain = call("GET", "/domains?name=" + cloud.DOMAIN)["domains"][0]["id"]
+    project = call("GET", "/projects?name=" + cloud.SERVICE_PROJECT)["projects"][0]["id"]
+    roles = {r["name"]: r["id"] for r in call("GET", "/roles")["roles"]}
+    body = {"name": user, "password": password, "domain_id": domain, "default_project_id": project}
+    user_id = call("POST", "/users", {"user": body})["user"]["id"]
+    for role in ("service", "admin"):
+        call("PUT", f"/projects/{project}/users/{user_id}/roles/{roles[role]}")
+    service = call(
+        "POST", "/services", {"service": {"name": name, "type": service_type, "enabled": True}}
+    )["service"]["id"]
+    for interface in ("public", "internal", "admin"):
+        endpoint = {
+            "service_id": service,
+            "interface": interface,
+            "region_id": cloud.REGION,
+            "url": url,
+            "enabled": True,
+        }
+        call("POST", "/endpoints", {"endpoint": endpoint})
