@@ -221,3 +221,21 @@ def _glance_template(venv: Path, tpl: Path, log: Any) -> None:
         env=_clean_env(),
     )
     conf.unlink()
+
+
+def _aodh_template(venv: Path, tpl: Path, log: Any) -> None:
+    conf = tpl / "aodh.conf"
+    _write_ini(
+        conf,
+        {
+            "DEFAULT": {"transport_url": "fake:/"},
+            "database": {"connection": f"sqlite:///{tpl / 'aodh.db'}"},
+        },
+    )
+    _run_logged(
+        [str(venv / "bin" / "aodh-dbsync"), "--config-file", str(conf)],
+        log,
+        "aodh-dbsync (template)",
+        env=_clean_env(),
+    )
+    conf.unlink()

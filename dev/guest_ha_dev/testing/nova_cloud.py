@@ -262,7 +262,9 @@ class NovaCloud(OpenStackCloud):
             "scheduler": {"workers": 1, "discover_hosts_in_cells_interval": -1},
             "oslo_messaging_notifications": {"driver": "messagingv2"},
             "notifications": {
-                "notification_format": "versioned",
+                # Versioned for our controller, legacy compute.instance.update
+                # for Ceilometer (telemetry.py).
+                "notification_format": "both",
                 "notify_on_state_change": "vm_and_task_state",
             },
             "libvirt": {

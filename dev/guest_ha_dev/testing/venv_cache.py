@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .db_templates import (
+    _aodh_template,
     _glance_template,
     _keystone_template,
     _masakari_post_install,
@@ -213,6 +214,10 @@ SERVICES: Dict[str, ServiceSpec] = {
         "glance", ("glance>=33,<34", "gunicorn>=22"), db_template=_glance_template
     ),
     "nova-compute": ServiceSpec("nova-compute", ("nova>=34,<35", "libvirt-python")),
+    # The telemetry path (guest_ha_dev.testing.telemetry): Nova 34's release
+    # series is Aodh 23 and Ceilometer 27 (shared/openstack/doctor-chain.md).
+    "aodh": ServiceSpec("aodh", ("aodh>=23,<24", "gunicorn>=22"), db_template=_aodh_template),
+    "ceilometer": ServiceSpec("ceilometer", ("ceilometer>=27,<28",)),
 }
 
 

@@ -7,6 +7,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from nova_support import nova_world
+from nova_support import nova_world, telemetry
 
-__all__ = ["nova_world"]
+__all__ = ["nova_world", "telemetry"]

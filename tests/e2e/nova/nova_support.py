@@ -22,6 +22,7 @@ import pytest
 from guest_ha_dev.sim.harness import EngineProcess
 from guest_ha_dev.testing.controller import ControllerProcess
 from guest_ha_dev.testing.nova_cloud import NovaCloud
+from guest_ha_dev.testing.telemetry import Telemetry
 
 #: Heartbeat interval the Nova test image asks for (kernel command line).
 INTERVAL_MS = 1000  # TCG guests on a shared 2-core machine: 300 ms misses under load
@@ -186,3 +187,10 @@ def nova_world(guest_image: Any) -> Iterator[NovaWorld]:
                 world.agent.stop()
             controller.stop()
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def telemetry(nova_world: NovaWorld) -> Iterator[Telemetry]:
+    """Ceilometer and Aodh on the session's Nova cloud (started once, on first use)."""
+    with Telemetry(nova_world.cloud) as tel:
+        yield tel
