@@ -654,11 +654,11 @@ class NovaCloud(OpenStackCloud):
         """The libvirt domain name Nova gave the server (``instance-%08x``)."""
         return str(self.server(uuid)["OS-EXT-SRV-ATTR:instance_name"])
 
-    def console_log(self, uuid: str) -> str:
-        """The server's serial console log (``os-getConsoleOutput``)."""
-        status, payload = self.api(
-            "POST", f"/servers/{uuid}/action", {"os-getConsoleOutput": {"length": 200}}
-        )
+    def console_log(self, uuid: str, length: Optional[int] = 200) -> str:
+        """The server's serial console log (``os-getConsoleOutput``): its last
+        ``length`` lines, or all of it with ``length=None``."""
+        args = {} if length is None else {"length": length}
+        status, payload = self.api("POST", f"/servers/{uuid}/action", {"os-getConsoleOutput": args})
         if status != 200:
             return f"(console: HTTP {status})"
         return str(payload.get("output", ""))

@@ -36,6 +36,7 @@ def _install():
     from sqlalchemy.engine import Engine
 
     event.listen(Engine, "before_cursor_execute", _begin_immediate, retval=True)
+    sys.stderr.write("[gha-sqlite-immediate] oslo.db SQLite transactions begin IMMEDIATE\n")
 
 
 class _Hook(importlib.abc.MetaPathFinder):
