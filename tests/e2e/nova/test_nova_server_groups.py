@@ -40,7 +40,11 @@ def groups(nova_world: NovaWorld, guest_image) -> Iterator[Dict[str, str]]:
             servers[tag] = cloud.boot(f"gha-sg-{tag}", flavor, image, group=group)
             cloud.wait_status(servers[tag], "ACTIVE", BOOT_TIMEOUT)
         for uuid in servers.values():
-            nova_world.agent.wait_event("registered", uuid, timeout=BOOT_TIMEOUT)
+            try:
+                nova_world.agent.wait_event("registered", uuid, timeout=BOOT_TIMEOUT)
+            except TimeoutError as exc:
+                console = cloud.console_log(uuid, length=40)
+                raise TimeoutError(f"{exc}\nconsole of {uuid}:\n{console}") from None
         yield {**servers, "web": web, "other": other}
     finally:
         for uuid in servers.values():
