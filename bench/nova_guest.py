@@ -3,7 +3,8 @@
 nova-compute on this libvirtd, TCG).
 
 Boots N servers of an opt-in flavor through the Nova API, then per server a
-hard reboot, a soft reboot, stop/start, pause/unpause and suspend/resume, then
+hard reboot, a soft reboot, stop/start, pause/unpause, suspend/resume and a
+resize on the same host (``allow_resize_to_same_host``), then
 T SIGSTOP trials on random servers (heartbeat interval ``--interval-ms``):
 
 - ``boot_to_heartbeat_s_p50``: from ``POST /servers`` to the first heartbeat
@@ -60,6 +61,7 @@ def main() -> None:
                 image_dir, "bench-guest", cmdline_extra=f"guest_ha.interval_ms={args.interval_ms}"
             )
             flavor = cloud.flavor("bench.ha", {"guest_ha:heartbeat": "true"})
+            bigger = cloud.flavor("bench.ha.2", {"guest_ha:heartbeat": "true"}, ram=640)
             agent_conf = {
                 "libvirt": {
                     "enabled": True,
@@ -114,6 +116,14 @@ def main() -> None:
                             cloud.wait_status(u, "ACTIVE", TIMEOUT)
 
                         op(uuid, pair, first == "os-stop")
+
+                    def resize(u: str = uuid) -> None:
+                        cloud.action(u, {"resize": {"flavorRef": bigger}})
+                        cloud.wait_status(u, "VERIFY_RESIZE", TIMEOUT)
+                        cloud.action(u, {"confirmResize": None})
+                        cloud.wait_status(u, "ACTIVE", TIMEOUT)
+
+                    op(uuid, resize, True)
                     wait_until(lambda u=uuid: _answered(agent, u) > 0, 60)
                 time.sleep(2.0)
                 interval = args.interval_ms / 1000

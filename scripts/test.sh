@@ -17,8 +17,4 @@ echo "== pytest"
 if [ $# -gt 0 ]; then
     exec .venv/bin/pytest "$@"
 fi
-# The tests against the booting test cloud (marker nova) are not in the default
-# run yet: its SQLite-backed Nova intermittently answers "database is locked"
-# under several writing services (docs/testing-openstack.md). Run them with
-# `scripts/test.sh -m nova`.
-exec .venv/bin/pytest tests -m "not nova"
+exec .venv/bin/pytest tests

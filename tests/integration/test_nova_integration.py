@@ -54,6 +54,9 @@ def seeded(cloud):
 
 
 def test_flavor_extra_spec_opt_in_through_the_nova_api(cloud, seeded, tmp_path) -> None:
+    """Seeded rows: flavors and servers written with ``nova.objects``, for domain
+    XML in the format of Nova before 2025.1 (flavor name, no ``<nova:extraSpecs>``),
+    which the real Nova 34 here no longer writes."""
     clouds = cloud.clouds_yaml(tmp_path / "clouds.yaml")
     session = session_from_clouds_yaml(str(clouds), "guest-ha")
     optin = NovaFlavorOptIn(session, interface="public")
@@ -70,6 +73,7 @@ def test_flavor_extra_spec_opt_in_through_the_nova_api(cloud, seeded, tmp_path) 
 
 
 def test_bad_credentials_are_a_clear_error(cloud, seeded, tmp_path) -> None:
+    """Seeded rows: server ``ha1`` (as above: the pre-2025.1 domain XML path)."""
     clouds = cloud.clouds_yaml(tmp_path / "clouds.yaml")
     text = clouds.read_text().replace(cloud.admin_password, "wrong-password")
     clouds.write_text(text)
@@ -87,6 +91,10 @@ def server_status(cloud, uuid: str) -> str:
 
 
 def test_nova_reporter_sets_error_and_back_to_active(cloud, seeded) -> None:
+    """Seeded rows: server ``ha2``.  The real flow (frozen booted guest -> ERROR ->
+    ACTIVE) is ``tests/e2e/nova/test_nova_agent.py::test_sigstop_sets_server_error_then_active``;
+    this one covers what that flow cannot provoke: a repeated delivery, and
+    recovery without ``reset_on_recovery``."""
     reporter = NovaReporter(cloud.session(), reset_on_recovery=True)
     uuid = seeded["ha2"]
     event = {"instance_uuid": uuid, "kind": "heartbeat_lost", "fault": True}
@@ -103,6 +111,7 @@ def test_nova_reporter_sets_error_and_back_to_active(cloud, seeded) -> None:
 
 
 def test_nova_reporter_unknown_server_is_permanent(cloud, seeded) -> None:
+    """Seeded rows: the module's host and servers (the server asked for is not one)."""
     reporter = NovaReporter(cloud.session())
     with pytest.raises(ReporterError) as info:
         reporter.report(

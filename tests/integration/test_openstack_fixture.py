@@ -65,6 +65,7 @@ def test_keystone_token_and_catalog(cloud: OpenStackCloud, sess: Any) -> None:
 
 
 def test_server_shows_extra_specs_and_groups(sess: Any, seeded: Dict[str, Any]) -> None:
+    """Seeded rows (``seeded``): this is the seeding helpers' own test."""
     server_id = seeded["servers"][0]
     resp = sess.get(f"/servers/{server_id}", endpoint_filter=COMPUTE, headers=MV_271)
     assert resp.status_code == 200, resp.text
@@ -82,12 +83,14 @@ def test_server_shows_extra_specs_and_groups(sess: Any, seeded: Dict[str, Any]) 
 
 
 def test_neutron_stand_in_was_asked(cloud: OpenStackCloud, seeded: Dict[str, Any]) -> None:
+    """Seeded rows (``seeded``): this is the seeding helpers' own test."""
     assert cloud.neutron is not None
     asked = [path for _, path in cloud.neutron.requests]
     assert any(p.startswith("/v2.0/ports") for p in asked), asked
 
 
 def test_server_groups_all_projects_lists_members(sess: Any, seeded: Dict[str, Any]) -> None:
+    """Seeded rows (``seeded``): this is the seeding helpers' own test."""
     resp = sess.get("/os-server-groups?all_projects=True", endpoint_filter=COMPUTE, headers=MV_271)
     assert resp.status_code == 200, resp.text
     groups = {g["id"]: g for g in resp.json()["server_groups"]}
@@ -98,6 +101,7 @@ def test_server_groups_all_projects_lists_members(sess: Any, seeded: Dict[str, A
 
 
 def test_reset_state_to_error(sess: Any, seeded: Dict[str, Any]) -> None:
+    """Seeded rows (``seeded``): this is the seeding helpers' own test."""
     server_id = seeded["servers"][1]
     resp = sess.post(
         f"/servers/{server_id}/action",
@@ -113,6 +117,7 @@ def test_reset_state_to_error(sess: Any, seeded: Dict[str, Any]) -> None:
 
 
 def test_unauthenticated_request_is_rejected(cloud: OpenStackCloud, seeded: Dict[str, Any]) -> None:
+    """Seeded rows (``seeded``): this is the seeding helpers' own test."""
     server_id = seeded["servers"][0]
     plain = ks_session.Session()  # no auth plugin: no token is sent
     resp = plain.get(f"{cloud.nova_url}/servers/{server_id}", raise_exc=False)

@@ -224,10 +224,16 @@ def broadcast_reaches_exactly_b_and_c(world, payload: Dict[str, Any]) -> None:
 
 
 def test_broadcast_reaches_exactly_the_peers_on_both_hosts(world) -> None:
+    """Seeded rows: servers and server groups on two hosts (``world``): the VMs are
+    simulated guests posing as two compute hosts, and the real Nova here has one;
+    the real flow on one host is ``tests/e2e/nova/test_nova_server_groups.py``."""
     broadcast_reaches_exactly_b_and_c(world, {"role": "active", "epoch": 1})
 
 
 def test_status_lists_every_member_then_done(world) -> None:
+    """Seeded rows: servers and server groups on two hosts (``world``): the VMs are
+    simulated guests posing as two compute hosts, and the real Nova here has one;
+    the real flow on one host is ``tests/e2e/nova/test_nova_server_groups.py``."""
     members = world["guests"]["B"].client.request_status(timeout=10)
     by_uuid = {m["uuid"]: m for m in members}
     assert set(by_uuid) == {world["vms"][x].uuid for x in ("A", "B", "C")}
@@ -236,6 +242,9 @@ def test_status_lists_every_member_then_done(world) -> None:
 
 
 def test_nova_state_change_is_notified_to_the_peers(world) -> None:
+    """Seeded rows: servers and server groups on two hosts (``world``): the VMs are
+    simulated guests posing as two compute hosts, and the real Nova here has one;
+    the real flow on one host is ``tests/e2e/nova/test_nova_server_groups.py``."""
     vms, g = world["vms"], world["guests"]
     reset(world)
     nova = NovaPublisher(world["rabbit"].url)
@@ -257,11 +266,17 @@ def test_nova_state_change_is_notified_to_the_peers(world) -> None:
 
 
 def test_vm_in_no_group_is_refused(world) -> None:
+    """Seeded rows: servers and server groups on two hosts (``world``): the VMs are
+    simulated guests posing as two compute hosts, and the real Nova here has one;
+    the real flow on one host is ``tests/e2e/nova/test_nova_server_groups.py``."""
     with pytest.raises(NotInServerGroup):
         world["guests"]["E"].client.request_status(timeout=10)
 
 
 def test_hostile_guests_are_contained(world) -> None:
+    """Seeded rows: servers and server groups on two hosts (``world``): the VMs are
+    simulated guests posing as two compute hosts, and the real Nova here has one;
+    the real flow on one host is ``tests/e2e/nova/test_nova_server_groups.py``."""
     g, vms, sim = world["guests"], world["vms"], world["sim"]
     with pytest.raises(MessageTooLarge):
         g["D"].client.broadcast("x" * 4000)
@@ -299,6 +314,9 @@ def test_hostile_guests_are_contained(world) -> None:
 
 
 def test_controller_restart_keeps_membership(world) -> None:
+    """Seeded rows: servers and server groups on two hosts (``world``): the VMs are
+    simulated guests posing as two compute hosts, and the real Nova here has one;
+    the real flow on one host is ``tests/e2e/nova/test_nova_server_groups.py``."""
     world["ctl"].stop()
     world["ctl"] = ControllerProcess(
         world["workdir"],

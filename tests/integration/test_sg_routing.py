@@ -217,10 +217,16 @@ def check_broadcast(env, *extra: str) -> None:
 
 
 def test_broadcast_reaches_exactly_the_peers_on_two_hosts(env) -> None:
+    """Seeded rows: servers and server groups on two hosts (``env``): the compute
+    hosts are recording RPC servers, and the real Nova here has one; the real
+    flow on one host is ``tests/e2e/nova/test_nova_server_groups.py``."""
     check_broadcast(env)
 
 
 def test_status_returns_every_member_then_done(env) -> None:
+    """Seeded rows: servers and server groups on two hosts (``env``): the compute
+    hosts are recording RPC servers, and the real Nova here has one; the real
+    flow on one host is ``tests/e2e/nova/test_nova_server_groups.py``."""
     vms = env["vms"]
     clear(env)
     relay(env, HOST_B, "C", "status_query", {"seq": 41})
@@ -242,6 +248,9 @@ def test_status_returns_every_member_then_done(env) -> None:
 
 
 def test_vm_in_no_group_gets_a_nack(env) -> None:
+    """Seeded rows: servers and server groups on two hosts (``env``): the compute
+    hosts are recording RPC servers, and the real Nova here has one; the real
+    flow on one host is ``tests/e2e/nova/test_nova_server_groups.py``."""
     vms = env["vms"]
     clear(env)
     relay(env, HOST_A, "E", "broadcast", {"data": "anyone?"})
@@ -260,6 +269,9 @@ def test_vm_in_no_group_gets_a_nack(env) -> None:
 
 
 def test_versioned_notification_of_a_peer_reaches_the_other_members(env) -> None:
+    """Seeded rows: servers and server groups on two hosts (``env``): the compute
+    hosts are recording RPC servers, and the real Nova here has one; the real
+    flow on one host is ``tests/e2e/nova/test_nova_server_groups.py``."""
     vms = env["vms"]
     clear(env)
     env["nova"].publish(
@@ -310,7 +322,11 @@ def test_versioned_notification_of_a_peer_reaches_the_other_members(env) -> None
 
 def test_new_member_from_server_group_add_member(env, cloud) -> None:
     """A server joins ``web`` in Nova; Nova's ``server_group.add_member``
-    notification makes the controller look it up in the Nova API."""
+    notification makes the controller look it up in the Nova API.
+
+    Seeded rows: servers and server groups on two hosts (``env``): the compute
+    hosts are recording RPC servers, and the real Nova here has one; the real
+    flow on one host is ``tests/e2e/nova/test_nova_server_groups.py``."""
     vms = env["vms"]
     new = str(uuidlib.uuid4())
     cloud.create_server(new, "vnf-f", "sg.small", HOST_B, server_group=vms["web"])
@@ -349,7 +365,11 @@ def test_controller_restart_rebuilds_membership_from_nova(env, cloud) -> None:
     """Stop the controller, change membership in Nova while it is down (no
     notification reaches anyone), start a new one: it routes by Nova's truth.
     (F's deletion earlier was only a simulated notification: Nova still has F
-    in ``web``, so the rebuilt membership has it again.)"""
+    in ``web``, so the rebuilt membership has it again.)
+
+    Seeded rows: servers and server groups on two hosts (``env``): the compute
+    hosts are recording RPC servers, and the real Nova here has one; the real
+    flow on one host is ``tests/e2e/nova/test_nova_server_groups.py``."""
     vms = env["vms"]
     env["controller"].stop()
     late = str(uuidlib.uuid4())

@@ -158,6 +158,8 @@ def masakari_notifications(session, server_uuid: str) -> List[Dict[str, Any]]:
 def test_fault_becomes_alarm_on_the_nova_instance_and_recovery_clears_it(
     cloud, session, segment
 ) -> None:
+    """Seeded rows: host, flavor and server (``new_server``): this cloud has no
+    nova-compute; Vitrage's ``nova.instance`` datasource only needs the server listed."""
     server = new_server(cloud, "vnf-vitrage")
     # Vitrage's own nova.instance datasource picks the server up from nova-api
     # at its next snapshot (every 10 s here).
@@ -216,6 +218,8 @@ def test_vitrage_reporter_without_credentials_is_retryable_error(cloud, clouds_y
 
 
 def test_fault_becomes_a_stored_masakari_vm_notification(cloud, session, segment) -> None:
+    """Seeded rows: host (a ``nova-compute`` service Masakari checks) and server:
+    this cloud has no nova-compute, and no masakari-engine acts on the host."""
     server = new_server(cloud, "vnf-masakari")
     reporter = MasakariReporter(session)
     reporter.report(event("heartbeat_lost", server, True))
@@ -239,6 +243,7 @@ def test_fault_becomes_a_stored_masakari_vm_notification(cloud, session, segment
 
 
 def test_masakari_unknown_host_is_permanent(cloud, session, segment) -> None:
+    """Seeded rows: the segment's host (``segment`` fixture)."""
     reporter = MasakariReporter(session)
     bad = event("heartbeat_lost", str(uuidlib.uuid4()), True)
     bad["compute_host"] = "not-in-any-segment"
@@ -256,7 +261,10 @@ def test_pipeline_compute_to_controller_to_vitrage_and_masakari(
 ) -> None:
     """Compute engine (simulated VM) -> RabbitMQ -> guest-ha-controller with
     reporters vitrage and masakari -> Vitrage alarm + Masakari notification;
-    recovery clears the alarm."""
+    recovery clears the alarm.
+
+    Seeded rows: host and server, because the guest is a simulated VM, not a
+    server Nova booted."""
     reporter_conf = {"clouds_yaml": clouds_yaml, "cloud": "guest-ha", "interface": "public"}
     with VmSimulator(os.path.join(short_tmp, "vms")) as sim:
         vm = sim.add_vm(interval_ms=100)

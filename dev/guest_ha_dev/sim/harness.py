@@ -131,7 +131,12 @@ class EngineProcess:
             stderr=subprocess.STDOUT,
             env=env,
         )
-        wait_until(lambda: os.path.exists(self.status_path) or self.proc.poll() is not None, 15)
+        try:
+            # Generous: under load the agent's imports alone can take 15 s.
+            wait_until(lambda: os.path.exists(self.status_path) or self.proc.poll() is not None, 60)
+        except TimeoutError:
+            self.stop()  # never leave an engine running that nobody holds
+            raise
         if self.proc.poll() is not None:
             raise RuntimeError(f"compute engine exited at start:\n{self.log_text()}")
         return self

@@ -16,6 +16,22 @@ machine's libvirtd (TCG), next to the Keystone and nova-api of ``openstack.py``.
 Everything is on SQLite and private ports, started here and stopped by PID.
 The recipe it follows, with timings, is ``shared/openstack/nova-boot.md``.
 
+**SQLite with several writing services.**  nova-api, conductor, scheduler and
+compute (all in Nova 34's native-threading mode, not eventlet) write one cell
+DB and one API DB.  oslo.db opens every transaction with a plain, deferred
+``BEGIN``, and many Nova writes read first (``service_update``: ``SELECT``, then
+``UPDATE`` at commit).  Such a transaction holds only a read snapshot; when
+another process commits in between, SQLite refuses the upgrade to a write lock
+at once (``SQLITE_BUSY_SNAPSHOT`` in WAL mode, deadlock avoidance in rollback
+mode): ``database is locked`` within milliseconds, whatever the busy timeout,
+and a boot, resize or service report fails with it.  (oslo.db gives SQLite
+files a ``NullPool``, so ``max_pool_size`` and friends change nothing.)  The
+fix: every service of this cloud, and each ``nova-manage``/seed run, has
+``openstack_assets/sqlite_immediate`` on ``PYTHONPATH``; its
+``sitecustomize`` turns oslo.db's ``BEGIN`` into ``BEGIN IMMEDIATE``, so each
+transaction takes the write lock first and a second writer waits for it
+(``?timeout=60``, ``SQLITE_QUERY``) instead of failing.  WAL mode stays.
+
 What is not real, and why:
 
 - **Neutron** stays the in-process ``NeutronStandIn``. Servers boot with
@@ -55,6 +71,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from . import free_port
 from .openstack import OpenStackCloud
+from .openstack_assets import ASSETS_DIR
 from .procs import (
     CloudStartError,
     GunicornService,
@@ -90,6 +107,9 @@ class NovaCloud(OpenStackCloud):
     #: 60 s for its lock (sqlite3's default is 5 s) instead of failing a request.
     SQLITE_QUERY = "?timeout=60"
     SQLITE_WAL = True
+    #: oslo.db's transactions begin IMMEDIATE (module docstring, "SQLite").
+    SQLITE_ENV = {"PYTHONPATH": os.path.join(ASSETS_DIR, "sqlite_immediate")}
+    MANAGE_ENV = SQLITE_ENV
     PLACEMENT_SERVICE_USER = "placement"
     GLANCE_SERVICE_USER = "glance"
 
@@ -150,6 +170,7 @@ class NovaCloud(OpenStackCloud):
                 "placement.wsgi.api:application",
                 free_port(),
                 Path("/nonexistent"),  # set once state_dir exists
+                env=self.SQLITE_ENV,
             )
             self.glance = GunicornService(
                 "glance-api",
@@ -157,6 +178,7 @@ class NovaCloud(OpenStackCloud):
                 "glance.wsgi.api:application",
                 free_port(),
                 Path("/nonexistent"),
+                env=self.SQLITE_ENV,
             )
             # Keystone + nova-api + catalog (with placement and image entries).
             super().start()
@@ -298,6 +320,8 @@ class NovaCloud(OpenStackCloud):
         ):
             boot[section] = {"helper_command": helper}
         self._nova_conf_extra = _merge(boot, self._nova_conf_extra)
+        assert self.nova is not None
+        self.nova.env.update(self.SQLITE_ENV)  # nova-api (started after this)
         super()._setup_nova()
 
     def _instances_dir(self) -> Path:
@@ -335,7 +359,9 @@ class NovaCloud(OpenStackCloud):
             pdir / "placement.conf",
             {
                 "DEFAULT": {"use_stderr": "true"},
-                "placement_database": {"connection": f"sqlite:///{pdir / 'placement.db'}"},
+                "placement_database": {
+                    "connection": f"sqlite:///{pdir / 'placement.db'}{self.SQLITE_QUERY}"
+                },
                 "api": {"auth_strategy": "keystone"},
                 "keystone_authtoken": self._authtoken_section(
                     self.PLACEMENT_SERVICE_USER, self.placement_service_password
@@ -354,7 +380,7 @@ class NovaCloud(OpenStackCloud):
             gdir / "glance-api.conf",
             {
                 "DEFAULT": {"use_stderr": "true", "enabled_backends": "fs:file"},
-                "database": {"connection": f"sqlite:///{gdir / 'glance.db'}"},
+                "database": {"connection": f"sqlite:///{gdir / 'glance.db'}{self.SQLITE_QUERY}"},
                 "glance_store": {"default_backend": "fs"},
                 "fs": {"filesystem_store_datadir": gdir / "images"},
                 "os_glance_staging_store": {"filesystem_store_datadir": gdir / "staging"},
@@ -367,9 +393,9 @@ class NovaCloud(OpenStackCloud):
             },
         )
         self.placement.log_path = logs / "placement.log"
-        self.placement.env = {"OS_PLACEMENT_CONFIG_DIR": str(pdir)}
+        self.placement.env["OS_PLACEMENT_CONFIG_DIR"] = str(pdir)
         self.glance.log_path = logs / "glance-api.log"
-        self.glance.env = {"OS_GLANCE_CONFIG_DIR": str(gdir)}
+        self.glance.env["OS_GLANCE_CONFIG_DIR"] = str(gdir)
         self.placement.start()
         self.glance.start()
         self.placement.wait_ready("/", deadline, lambda s: s == 200)
@@ -384,18 +410,21 @@ class NovaCloud(OpenStackCloud):
             self.venvs["nova"],
             ["nova-conductor", "--config-file", conf],
             logs / "nova-conductor.log",
+            env=self.SQLITE_ENV,
         )
         self.scheduler = ProcessService(
             "nova-scheduler",
             self.venvs["nova"],
             ["nova-scheduler", "--config-file", conf],
             logs / "nova-scheduler.log",
+            env=self.SQLITE_ENV,
         )
         self.compute = ProcessService(
             "nova-compute",
             self.venvs["nova-compute"],
             ["nova-compute", "--config-file", conf],
             logs / "nova-compute.log",
+            env=self.SQLITE_ENV,
         )
         # Its Service row first: a new nova-compute refuses to start on a
         # hypervisor that already has domains, and this libvirtd is shared with
@@ -627,11 +656,11 @@ class NovaCloud(OpenStackCloud):
         """The libvirt domain name Nova gave the server (``instance-%08x``)."""
         return str(self.server(uuid)["OS-EXT-SRV-ATTR:instance_name"])
 
-    def console_log(self, uuid: str) -> str:
-        """The server's serial console log (``os-getConsoleOutput``)."""
-        status, payload = self.api(
-            "POST", f"/servers/{uuid}/action", {"os-getConsoleOutput": {"length": 200}}
-        )
+    def console_log(self, uuid: str, length: Optional[int] = 200) -> str:
+        """The server's serial console log (``os-getConsoleOutput``): its last
+        ``length`` lines, or all of it with ``length=None``."""
+        args = {} if length is None else {"length": length}
+        status, payload = self.api("POST", f"/servers/{uuid}/action", {"os-getConsoleOutput": args})
         if status != 200:
             return f"(console: HTTP {status})"
         return str(payload.get("output", ""))

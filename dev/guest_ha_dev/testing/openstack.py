@@ -280,6 +280,8 @@ class OpenStackCloud:
     SQLITE_QUERY = ""
     SQLITE_WAL = False
     """Put Nova's SQLite DBs in write-ahead-log mode (several writing services)."""
+    #: Extra environment of the ``*-manage`` and seed commands (``_manage``).
+    MANAGE_ENV: Mapping[str, str] = {}
 
     def __init__(
         self,
@@ -561,6 +563,7 @@ class OpenStackCloud:
     ) -> str:
         assert self.state_dir is not None
         env = _clean_env()
+        env.update(self.MANAGE_ENV)
         with open(self.state_dir / "logs" / log_name, "a") as log:
             return _run_logged(
                 [str(venv / "bin" / argv[0]), *argv[1:]], log, what, env=env, input_text=input_text

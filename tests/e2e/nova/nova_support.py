@@ -26,7 +26,7 @@ from guest_ha_dev.testing.telemetry import Telemetry
 
 #: Heartbeat interval the Nova test image asks for (kernel command line).
 INTERVAL_MS = 1000  # TCG guests on a shared 2-core machine: 300 ms misses under load
-BOOT_TIMEOUT = 120
+BOOT_TIMEOUT = 240  # TCG guests on a 2-core machine shared with other test runs
 
 HA_SPECS = {"guest_ha:heartbeat": "true"}
 SGM_SPECS = {"guest_ha:heartbeat": "true", "guest_ha:server_group_messaging": "true"}
@@ -53,7 +53,7 @@ def agent_process(world: Any, workdir: str) -> EngineProcess:
     cloud = world.cloud
     return EngineProcess(
         workdir,
-        heartbeat={"restart_timeout_s": 120.0},
+        heartbeat={"restart_timeout_s": float(BOOT_TIMEOUT)},
         extra={
             "libvirt": {
                 "enabled": True,

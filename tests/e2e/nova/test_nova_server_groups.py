@@ -40,7 +40,11 @@ def groups(nova_world: NovaWorld, guest_image) -> Iterator[Dict[str, str]]:
             servers[tag] = cloud.boot(f"gha-sg-{tag}", flavor, image, group=group)
             cloud.wait_status(servers[tag], "ACTIVE", BOOT_TIMEOUT)
         for uuid in servers.values():
-            nova_world.agent.wait_event("registered", uuid, timeout=BOOT_TIMEOUT)
+            try:
+                nova_world.agent.wait_event("registered", uuid, timeout=BOOT_TIMEOUT)
+            except TimeoutError as exc:
+                console = cloud.console_log(uuid, length=40)
+                raise TimeoutError(f"{exc}\nconsole of {uuid}:\n{console}") from None
         yield {**servers, "web": web, "other": other}
     finally:
         for uuid in servers.values():
@@ -69,35 +73,48 @@ def test_broadcast_reaches_the_group_only(nova_world: NovaWorld, groups) -> None
     assert nova_world.agent.faults(a) == [] and nova_world.agent.faults(b) == []
 
 
+def notes(nova_world: NovaWorld, uuid: str, about: str) -> list:
+    """The peer notifications about ``about`` on ``uuid``'s console."""
+    return [
+        line
+        for line in nova_world.cloud.console_log(uuid, length=None).splitlines()
+        if "peer notification" in line and about in line
+    ]
+
+
 def test_peer_notifications_from_novas_own_notifications(nova_world: NovaWorld, groups) -> None:
-    """Stopping and starting B: Nova's instance.power_off/power_on notifications
-    reach the controller, which tells A (B's peer) and not C."""
+    """Stopping, starting and rebooting B: Nova's instance.power_off,
+    power_on and reboot notifications reach the controller, which tells A
+    (B's peer) and not C."""
     cloud = nova_world.cloud
     a, b, c = groups["a"], groups["b"], groups["c"]
 
-    def notes(uuid: str) -> list:
-        return [
-            line
-            for line in cloud.console_log(uuid).splitlines()
-            if "peer notification" in line and b in line
-        ]
+    def seen(uuid: str) -> list:
+        return notes(nova_world, uuid, b)
 
-    before = len(notes(a))
+    before = len(seen(a))
     cloud.action(b, {"os-stop": None})
     cloud.wait_status(b, "SHUTOFF", BOOT_TIMEOUT)
-    wait_until(lambda: len(notes(a)) > before, 60)
-    stopped = len(notes(a))
+    wait_until(lambda: len(seen(a)) > before, 60)
+    stopped = len(seen(a))
     cloud.action(b, {"os-start": None})
     cloud.wait_status(b, "ACTIVE", BOOT_TIMEOUT)
-    wait_until(lambda: len(notes(a)) > stopped, 60)
-    assert notes(c) == []
+    wait_until(lambda: len(seen(a)) > stopped, 60)
+    started = len(seen(a))
+    cloud.action(b, {"reboot": {"type": "HARD"}})
+    cloud.wait_status(b, "ACTIVE", BOOT_TIMEOUT)
+    wait_until(lambda: len(seen(a)) > started, 60)
+    assert seen(c) == []
 
 
 def test_deleted_member_leaves_routing(nova_world: NovaWorld, groups) -> None:
-    """Deleting B (Nova's instance.delete.end) drops it from the controller's
-    routing without a restart: A's broadcasts stop reaching anyone."""
+    """Deleting B (Nova's instance.delete.end) tells A that B is deleted and
+    drops B from the controller's routing without a restart."""
     cloud, ctl = nova_world.cloud, nova_world.controller
+    a, b = groups["a"], groups["b"]
     members_before = ctl.status()["server_groups"]["members"]
-    cloud.delete(groups["b"])
+    cloud.delete(b)
     wait_until(lambda: ctl.status()["server_groups"]["members"] == members_before - 1, 60)
+    wait_until(lambda: any("deleted" in line for line in notes(nova_world, a, b)), 60)
+    assert notes(nova_world, groups["c"], b) == []
     assert nova_world.controller.proc is not None and nova_world.controller.proc.poll() is None
