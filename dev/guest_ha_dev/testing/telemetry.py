@@ -113,19 +113,21 @@ class Telemetry:
                 "gha_aodh_wsgi:application",
                 free_port(),
                 logs / "aodh-api.log",
-                env={"GHA_AODH_CONFIG": conf},
+                env={"GHA_AODH_CONFIG": conf, **self.cloud.SQLITE_ENV},
             )
             self.aodh_listener = ProcessService(
                 "aodh-listener",
                 aodh,
                 ["aodh-listener", "--config-file", conf],
                 logs / "aodh-listener.log",
+                env=self.cloud.SQLITE_ENV,
             )
             self.aodh_notifier = ProcessService(
                 "aodh-notifier",
                 aodh,
                 ["aodh-notifier", "--config-file", conf],
                 logs / "aodh-notifier.log",
+                env=self.cloud.SQLITE_ENV,
             )
             self.ceilometer = ProcessService(
                 "ceilometer-agent-notification",
@@ -187,7 +189,9 @@ class Telemetry:
                     "event_alarm_cache_ttl": 0,
                 },
                 "api": {"auth_mode": "keystone", "paste_config": adir / "api-paste.ini"},
-                "database": {"connection": f"sqlite:///{adir / 'aodh.db'}"},
+                # aodh-api and aodh-listener both write it: the booting cloud's
+                # SQLite settings (BEGIN IMMEDIATE, busy timeout; nova_cloud.py).
+                "database": {"connection": f"sqlite:///{adir / 'aodh.db'}{cloud.SQLITE_QUERY}"},
                 "listener": {"workers": 1, "batch_size": 1},
                 "notifier": {"workers": 1, "batch_size": 1},
                 "oslo_concurrency": {"lock_path": adir},
