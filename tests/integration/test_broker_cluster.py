@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -37,6 +37,19 @@ KINDS = ("unhealthy", "recovered", "heartbeat_lost")
 def cluster():
     with RabbitMQCluster(3) as c:
         yield c
+
+
+@pytest.fixture(autouse=True)
+def _quorum_overrides_cleared() -> Iterator[None]:
+    """``quorum_collector`` sets the quorum options on this process's shared
+    oslo.messaging config; later tests in the process must not inherit them."""
+    yield
+    from guest_ha.messaging.options import configure
+
+    conf = configure()
+    if "rabbit_quorum_queue" in conf.oslo_messaging_rabbit:
+        for key in QUORUM:
+            conf.clear_override(key, group="oslo_messaging_rabbit")
 
 
 def quorum_collector(url: str) -> NotificationCollector:
