@@ -24,6 +24,19 @@ def _fail_skip(report: Any) -> None:
         )
 
 
+#: Every test carries one of these; a test without one is silently left out
+#: of every ``-m`` run, so collecting one is an error.
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config: Any, items: Any) -> None:
+    untiered = sorted(
+        {i.nodeid.split("::")[0] for i in items if not any(i.get_closest_marker(t) for t in TIERS)}
+    )
+    if untiered:
+        raise pytest.UsageError(f"tests without a tier marker {TIERS}: {', '.join(untiered)}")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
     outcome = yield

@@ -19,6 +19,8 @@ from guest_ha.controller.server_groups import (
 )
 from guest_ha.protocol.messages import MAX_BROADCAST_BYTES as MAX_DATA_BYTES
 
+pytestmark = pytest.mark.unit
+
 A, B, C, D, E = (str(uuidlib.UUID(int=i)) for i in range(1, 6))
 
 
