@@ -35,3 +35,28 @@ def session_from_clouds_yaml(path: str, cloud: str) -> Any:
     loader: Any = loading.get_plugin_loader(entry.get("auth_type", "password"))
     auth = loader.load_from_options(**entry["auth"])
     return session.Session(auth=auth, verify=entry.get("verify", True))
+
+
+class ComputeApiError(RuntimeError):
+    """Nova could not be asked, or did not answer 200."""
+
+
+def compute_get(session: Any, path: str, *, interface: str, region: Any, microversion: str) -> Any:
+    """GET ``path`` from the catalog's compute endpoint at ``microversion``; the
+    decoded JSON body of a 200 answer, else ``ComputeApiError``."""
+    try:
+        response = session.get(
+            path,
+            endpoint_filter={
+                "service_type": "compute",
+                "interface": interface,
+                "region_name": region,
+            },
+            headers={"OpenStack-API-Version": f"compute {microversion}"},
+            raise_exc=False,
+        )
+    except Exception as exc:  # keystoneauth1 raises many kinds; all mean "cannot ask"
+        raise ComputeApiError(f"Nova GET {path} failed: {exc}") from None
+    if response.status_code != 200:
+        raise ComputeApiError(f"Nova answered {response.status_code} for GET {path}")
+    return response.json()

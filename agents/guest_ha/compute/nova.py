@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
+from ..cloud_session import ComputeApiError, compute_get
 from . import domain_xml
 
 LOG = logging.getLogger("guest_ha.compute.nova")
@@ -79,23 +80,16 @@ class NovaFlavorOptIn:
     def _server_extra_specs(self, instance_uuid: str) -> Dict[str, str]:
         self.api_calls += 1
         try:
-            response = self.session.get(
+            body = compute_get(
+                self.session,
                 f"/servers/{instance_uuid}",
-                endpoint_filter={
-                    "service_type": "compute",
-                    "interface": self.interface,
-                    "region_name": self.region,
-                },
-                headers={"OpenStack-API-Version": f"compute {COMPUTE_MICROVERSION}"},
-                raise_exc=False,
+                interface=self.interface,
+                region=self.region,
+                microversion=COMPUTE_MICROVERSION,
             )
-        except Exception as exc:  # keystoneauth1 raises many kinds; all mean "cannot ask"
-            raise NovaLookupError(f"Nova lookup of {instance_uuid} failed: {exc}") from None
-        if response.status_code != 200:
-            raise NovaLookupError(
-                f"Nova answered {response.status_code} for server {instance_uuid}"
-            )
-        flavor = response.json().get("server", {}).get("flavor", {})
+        except ComputeApiError as exc:
+            raise NovaLookupError(f"Nova lookup of {instance_uuid}: {exc}") from None
+        flavor = body.get("server", {}).get("flavor", {})
         specs = flavor.get("extra_specs")
         if not isinstance(specs, dict):
             raise NovaLookupError("Nova's answer has no flavor.extra_specs (microversion < 2.47?)")

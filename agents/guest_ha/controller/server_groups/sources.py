@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Optional, Set, Tuple
 
+from ...cloud_session import ComputeApiError, compute_get
 from .membership import (
     NOVA_MICROVERSION,
     canonical_uuid,
@@ -40,21 +41,15 @@ class NovaSource:
     def _get(self, path: str) -> Dict[str, Any]:
         self.api_calls += 1
         try:
-            response = self.session.get(
+            return compute_get(
+                self.session,
                 path,
-                endpoint_filter={
-                    "service_type": "compute",
-                    "interface": self.interface,
-                    "region_name": self.region,
-                },
-                headers={"OpenStack-API-Version": f"compute {NOVA_MICROVERSION}"},
-                raise_exc=False,
+                interface=self.interface,
+                region=self.region,
+                microversion=NOVA_MICROVERSION,
             )
-        except Exception as exc:  # keystoneauth1 raises many kinds; all mean "cannot ask"
-            raise MembershipError(f"Nova GET {path} failed: {exc}") from None
-        if response.status_code != 200:
-            raise MembershipError(f"Nova answered {response.status_code} for GET {path}")
-        return response.json()
+        except ComputeApiError as exc:
+            raise MembershipError(str(exc)) from None
 
     def groups(self) -> Tuple[Dict[str, Set[str]], Dict[str, str]]:
         groups: Dict[str, Set[str]] = {}
