@@ -144,6 +144,7 @@ def main() -> None:
                         "libvirt": {
                             "enabled": True,
                             "mode": "nova",
+                            "domain_names": cloud.domain_names,
                             "nova_clouds_yaml": clouds,
                             "nova_interface": "public",
                             "destroyed_is_fault": False,

@@ -31,7 +31,10 @@ def test_hot_attach_to_opted_in_domain_and_leave_others_alone(lv, domains, e2e_d
     other_before = other.XMLDesc(0)
     declined_before = declined.XMLDesc(0)
     assert find_channel(opted.XMLDesc(0)) is None
-    with agent(os.path.join(e2e_dir, "agent"), restart_timeout_s=3.0) as engine:
+    # domain_names: this test's domains only (the libvirtd may run others' too)
+    with agent(
+        os.path.join(e2e_dir, "agent"), restart_timeout_s=3.0, domain_names=f"{domains.prefix}-*"
+    ) as engine:
         wait_until(lambda: find_channel(opted.XMLDesc(0)) is not None, 20)
         channel = find_channel(opted.XMLDesc(0))
         assert channel.socket_path and os.path.exists(channel.socket_path)
@@ -83,3 +86,20 @@ def test_pause_suppresses_and_undefine_removes(lv, domains, e2e_dir) -> None:
         assert fault["detail"]["cause"] == "destroyed"
         dom.undefine()
         wait_until(lambda: uuid not in {v["instance_uuid"] for v in engine.status()["vms"]}, 10)
+
+
+def test_domain_names_pattern_leaves_other_domains_alone(lv, domains, e2e_dir) -> None:
+    """Two opted-in domains; the agent's ``domain_names`` matches only one. The
+    other (as another Nova's or another agent's domain on a shared libvirtd)
+    gets no channel and is never heartbeated."""
+    mine = domains.define(domain_xml, optin=True)
+    theirs = domains.define(domain_xml, optin=True)
+    theirs_before = theirs.XMLDesc(0)
+    with agent(os.path.join(e2e_dir, "agent"), domain_names=mine.name()) as engine:
+        wait_until(lambda: find_channel(mine.XMLDesc(0)) is not None, 20)
+        wait_until(
+            lambda: mine.UUIDString() in {v["instance_uuid"] for v in engine.status()["vms"]}, 10
+        )
+        time.sleep(2.5)  # more than one rescan interval (2 s)
+        assert {v["instance_uuid"] for v in engine.status()["vms"]} == {mine.UUIDString()}
+    assert theirs.XMLDesc(0) == theirs_before

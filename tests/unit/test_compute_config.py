@@ -58,6 +58,7 @@ status_socket: null
         ({"log_level": "loud"}, "log_level"),
         ({"reconnect": {"initial_s": 10, "max_s": 1}}, "initial_s <= max_s"),
         ({"events": {"log": "yes"}}, "true or false"),
+        ({"libvirt": {"domain_names": " "}}, "domain_names must be a non-empty pattern"),
         ([1, 2], "top level"),
     ],
 )

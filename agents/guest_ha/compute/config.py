@@ -71,6 +71,11 @@ class LibvirtConfig:
     """Report ``virsh destroy`` as ``vm_crashed`` (set false where an orchestrator
     destroys domains as part of normal operations)."""
     reconnect_max_s: float = 10.0
+    domain_names: Optional[str] = None
+    """Shell-style pattern (``fnmatch``): only domains whose name matches are
+    considered, for example Nova's ``instance_name_template`` prefix
+    (``instance-*``) on a libvirtd that also runs domains others manage.
+    None: every domain."""
     nova_clouds_yaml: str = "/etc/guest-ha/clouds.yaml"
     """Credentials for the Nova API lookups of nova mode (keystoneauth1)."""
     nova_cloud: str = "guest-ha"
@@ -87,6 +92,8 @@ class LibvirtConfig:
             raise ValueError("optin_file must be an absolute path")
         if self.reconnect_max_s <= 0:
             raise ValueError("reconnect_max_s must be positive")
+        if self.domain_names is not None and not self.domain_names.strip():
+            raise ValueError("domain_names must be a non-empty pattern (or null for every domain)")
 
 
 @dataclass(frozen=True)

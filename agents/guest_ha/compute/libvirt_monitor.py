@@ -9,6 +9,7 @@ delay discovery but never a challenge.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import logging
 import os
@@ -492,6 +493,11 @@ class LibvirtMonitor:
                 return from_metadata
         return self.optin_file.lookup(uuid.lower(), name) or domain_xml.OptIn()
 
+    def _considers(self, name: str) -> bool:
+        """Whether the domain's name is in this agent's ``domain_names``."""
+        pattern = self.config.domain_names
+        return pattern is None or fnmatch.fnmatchcase(name, pattern)
+
     def recovery_policy(self, uuid: str, name: str, xml: str) -> Optional[RecoveryPolicy]:
         """The domain's own recovery settings over the host's (None: the host's)."""
         if self.config.mode == "nova":
@@ -519,6 +525,8 @@ class LibvirtMonitor:
             lv.VIR_DOMAIN_BLOCKED,
             lv.VIR_DOMAIN_PMSUSPENDED,
         )
+        if not self._considers(name):
+            return False
         xml = dom.XMLDesc(0)
         opt = self.wants(uuid, name, xml)
         if not opt.wants_channel:

@@ -276,7 +276,7 @@ class NovaCloud(OpenStackCloud):
                 # Nova's instance-%08x plus this cloud's tag: every cloud counts
                 # from 1, and the libvirtd here is shared (a leftover or a second
                 # cloud's instance-00000001 would make builds fail).
-                "instance_name_template": f"instance-{self.compute_host[-6:]}-%08x",
+                "instance_name_template": f"instance-{self.name_tag}-%08x",
                 # One compute host: resize can only stay on it.
                 "allow_resize_to_same_host": "true",
             },
@@ -651,6 +651,17 @@ class NovaCloud(OpenStackCloud):
             if time.monotonic() > deadline:
                 raise NovaApiError(f"server {uuid} not gone after {wait} s")
             time.sleep(0.3)
+
+    @property
+    def name_tag(self) -> str:
+        """This cloud's part of its domains' names (``instance_name_template``)."""
+        return self.compute_host[-6:]
+
+    @property
+    def domain_names(self) -> str:
+        """The compute agent's ``libvirt.domain_names`` pattern for this cloud's
+        domains: agents of other clouds on the shared libvirtd leave them alone."""
+        return f"instance-{self.name_tag}-*"
 
     def instance_name(self, uuid: str) -> str:
         """The libvirt domain name Nova gave the server (``instance-%08x``)."""

@@ -58,6 +58,7 @@ def agent_process(world: Any, workdir: str) -> EngineProcess:
             "libvirt": {
                 "enabled": True,
                 "mode": "nova",
+                "domain_names": cloud.domain_names,
                 "nova_clouds_yaml": world.clouds_yaml,
                 "nova_cloud": "guest-ha",
                 "nova_interface": "public",
