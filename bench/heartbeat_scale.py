@@ -1,6 +1,10 @@
 """How much CPU the compute engine needs to heartbeat many VMs, and whether any
 false fault appears. Simulated VMs (in this process) answer every challenge; the
-engine is the real ``guest-ha-compute`` process, measured alone.
+engine is the real ``guest-ha-compute`` process, measured alone
+(``agent_cpu_percent``, ``cpu_us_per_round_trip``: engine CPU per answered
+challenge). ``simulator_cpu_percent`` is this process (the simulated guests),
+measured apart, so a run can show whether the simulated side kept up; the load
+averages show what else ran.
 
     python bench/heartbeat_scale.py --vms 1000 --interval-ms 1000 --duration 60
 """
@@ -50,6 +54,8 @@ def main() -> None:
                 time.sleep(args.warmup)
                 answered_before = sum(s["challenges_answered"] for s in sim.stats().values())
                 faults_before = len(engine.faults())
+                load_before = os.getloadavg()[0]
+                sim_cpu_before = time.process_time()
                 cpu_before, wall_before = engine.cpu_seconds(), time.monotonic()
                 _bench.progress(f"measuring for {args.duration:g} s")
                 end = wall_before + args.duration
@@ -62,11 +68,14 @@ def main() -> None:
                             f"{len(engine.faults()) - faults_before}"
                         )
                 cpu_after, wall_after = engine.cpu_seconds(), time.monotonic()
+                sim_cpu = time.process_time() - sim_cpu_before
+                load_after = os.getloadavg()[0]
                 answered = sum(s["challenges_answered"] for s in sim.stats().values())
                 false_faults = engine.faults()[faults_before:]
                 status = engine.status()
         rtts = [v["last_rtt_ms"] for v in status["vms"] if v["last_rtt_ms"] is not None]
         elapsed = wall_after - wall_before
+        round_trips = answered - answered_before
         _bench.emit(
             {
                 "benchmark": "heartbeat_scale",
@@ -75,10 +84,16 @@ def main() -> None:
                 "duration_s": round(elapsed, 2),
                 "agent_cpu_percent": round(100.0 * (cpu_after - cpu_before) / elapsed, 2),
                 "false_faults": len(false_faults),
-                "challenges_answered": answered - answered_before,
+                "challenges_answered": round_trips,
                 "expected_challenges": int(args.vms * elapsed * 1000 / args.interval_ms),
                 "last_rtt_ms_p50": _bench.percentile(rtts, 50),
                 "last_rtt_ms_max": max(rtts) if rtts else None,
+                "cpu_us_per_round_trip": round(1e6 * (cpu_after - cpu_before) / round_trips, 2)
+                if round_trips
+                else None,
+                "simulator_cpu_percent": round(100.0 * sim_cpu / elapsed, 2),
+                "load_avg_1min_before": round(load_before, 2),
+                "load_avg_1min_after": round(load_after, 2),
                 "machine": _bench.machine(),
             }
         )

@@ -35,6 +35,10 @@ LOG = logging.getLogger("guest_ha.compute")
 
 READ_CHUNK = 64 * 1024
 CONFIRM_TIMEOUT_S = 1.0
+TIMER_SLACK_S = 0.002
+"""How late a timer may run so that timers due close together run in one loop
+turn (one ``epoll_wait`` for many VMs' challenges, not one each). Never early:
+a guest always gets at least its full interval to answer."""
 _RETRY_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ENOTSOCK, errno.EACCES)
 
 NOT_ENABLED = "server group messaging is not enabled for this VM"
@@ -53,6 +57,8 @@ class VmConnection:
         self.state = DISCONNECTED
         self.backoff = ReconnectBackoff(reconnect.initial_s, reconnect.max_s, reconnect.stable_s)
         self.read_paused = False
+        self.events = 0
+        """The selector events registered for ``sock`` (0: not registered)."""
         self.scheduled_tick: Optional[float] = None
         self.fault_hold = FaultHold()
         """Events waiting for the hypervisor to confirm a fault (protocol core)."""
@@ -267,10 +273,15 @@ class HeartbeatEngine:
 
     def run_once(self, max_wait: float = 1.0) -> None:
         self.loop_iterations += 1
+        # Timers due by ``now`` run after this select has read every answer that
+        # had arrived by then: a loop turn that ran long (a stall of this process,
+        # many ready sockets) never makes a guest's answer, waiting unread in its
+        # socket, look missed. Timers that fell due during the turn run in the next
+        # one, after its select.
         now = self.clock()
         timeout = max_wait
         if self._timers:
-            timeout = max(0.0, min(max_wait, self._timers[0][0] - now))
+            timeout = max(0.0, min(max_wait, self._timers[0][0] + TIMER_SLACK_S - now))
         for key, mask in self.selector.select(timeout):
             kind, uuid = key.data
             if kind == "vm":
@@ -287,7 +298,7 @@ class HeartbeatEngine:
                 self._serve_status()
             elif kind == "status_client":
                 self._write_status_client(uuid)
-        self._run_timers(self.clock())
+        self._run_timers(now)
         self._flush_dirty()
 
     def _run_posted(self) -> None:
@@ -331,9 +342,11 @@ class HeartbeatEngine:
             vm.scheduled_tick = deadline
             self._schedule(deadline, "tick", vm.spec.uuid)
 
-    def _run_timers(self, now: float) -> None:
+    def _run_timers(self, due_by: float) -> None:
+        """Run the timers due by ``due_by``, at the current clock."""
         timers = self._timers
-        while timers and timers[0][0] <= now:
+        now = self.clock()
+        while timers and timers[0][0] <= due_by:
             when, _, kind, uuid = heapq.heappop(timers)
             if kind == "rescan":
                 self.discover()
@@ -381,6 +394,7 @@ class HeartbeatEngine:
         vm.last_error = ""
         vm.backoff.connected(now)
         self.selector.register(sock, selectors.EVENT_READ, ("vm", vm.spec.uuid))
+        vm.events = selectors.EVENT_READ
         LOG.info("%s channel connected", vm.log_prefix)
         vm.channel.connection_made(now)
         if vm.lifecycle_suspended:
@@ -395,6 +409,7 @@ class HeartbeatEngine:
                 pass
             vm.sock.close()
             vm.sock = None
+        vm.events = 0
         vm.read_paused = False
 
     def _connection_lost(self, vm: VmConnection, now: float, why: str) -> None:
@@ -441,14 +456,15 @@ class HeartbeatEngine:
         events = 0 if vm.read_paused else selectors.EVENT_READ
         if vm.channel.wants_write:
             events |= selectors.EVENT_WRITE
-        key = self.selector.get_map().get(vm.sock)
+        if events == vm.events:
+            return
         if events == 0:
-            if key is not None:
-                self.selector.unregister(vm.sock)
-        elif key is None:
+            self.selector.unregister(vm.sock)
+        elif vm.events == 0:
             self.selector.register(vm.sock, events, ("vm", vm.spec.uuid))
-        elif key.events != events:
+        else:
             self.selector.modify(vm.sock, events, ("vm", vm.spec.uuid))
+        vm.events = events
 
     def _after_channel_activity(self, vm: VmConnection) -> None:
         channel = vm.channel
