@@ -56,6 +56,7 @@ def main() -> None:
                 faults_before = len(engine.faults())
                 load_before = os.getloadavg()[0]
                 sim_cpu_before = time.process_time()
+                turns_before = engine.status()["loop_iterations"]
                 cpu_before, wall_before = engine.cpu_seconds(), time.monotonic()
                 _bench.progress(f"measuring for {args.duration:g} s")
                 end = wall_before + args.duration
@@ -73,6 +74,7 @@ def main() -> None:
                 answered = sum(s["challenges_answered"] for s in sim.stats().values())
                 false_faults = engine.faults()[faults_before:]
                 status = engine.status()
+                turns = status["loop_iterations"] - turns_before
         rtts = [v["last_rtt_ms"] for v in status["vms"] if v["last_rtt_ms"] is not None]
         elapsed = wall_after - wall_before
         round_trips = answered - answered_before
@@ -91,6 +93,7 @@ def main() -> None:
                 "cpu_us_per_round_trip": round(1e6 * (cpu_after - cpu_before) / round_trips, 2)
                 if round_trips
                 else None,
+                "loop_turns_per_round_trip": round(turns / round_trips, 3) if round_trips else None,
                 "simulator_cpu_percent": round(100.0 * sim_cpu / elapsed, 2),
                 "load_avg_1min_before": round(load_before, 2),
                 "load_avg_1min_after": round(load_after, 2),

@@ -440,7 +440,8 @@ class HeartbeatEngine:
                         return
                     vm.channel.receive_data(data, now)
                     self._after_channel_activity(vm)
-                    if vm.channel.read_allowance(now) <= 0:
+                    # The allowance left (receive_data took len(data) of it, at ``now``).
+                    if allowance - len(data) <= 0:
                         self._pause_reading(vm, now)
         if mask & selectors.EVENT_WRITE and vm.sock is not None:
             self._dirty.add(vm.spec.uuid)
@@ -634,6 +635,7 @@ class HeartbeatEngine:
         ]
         return {
             "uptime_s": round(now - self.started_at, 3),
+            "loop_iterations": self.loop_iterations,
             "vms": vms,
             "channel_unavailable": unattachable,
         }

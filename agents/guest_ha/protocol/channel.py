@@ -442,6 +442,14 @@ class HostChannel(_ChannelEnd):
         order: the guest's server-group PDUs, the events to report (within the
         per-VM event limit, as :meth:`_take_events`), then the log records.
         Handling a PDU may add log lines: call again until it returns []."""
+        if not (
+            self._server_group_inbox
+            or self._heartbeat.events
+            or self._notices
+            or self._log.records
+            or self._pending_recovery is not None
+        ):
+            return []  # the common case (a heartbeat round trip): nothing to hand out
         inbox, self._server_group_inbox = self._server_group_inbox, []
         items: List[ChannelItem] = [GuestPdu(msg) for msg in inbox]
         items += self._take_events(now)

@@ -9,6 +9,7 @@ later than ``next_deadline()``.
 from __future__ import annotations
 
 import secrets
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol
 
@@ -87,8 +88,27 @@ class HostPolicy:
         return max(self.min_interval_ms, min(self.max_interval_ms, interval_ms))
 
 
-def _default_nonce() -> str:
-    return secrets.token_hex(8)
+class _NoncePool:
+    """16-hex-digit nonces from the OS's random source, read 4 KiB at a time
+    (one ``getrandom`` per 512 challenges, not one each); thread-safe."""
+
+    _BATCH = 512
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hex = ""
+        self._at = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._at >= len(self._hex):
+                self._hex, self._at = secrets.token_hex(8 * self._BATCH), 0
+            at = self._at
+            self._at = at + 16
+        return self._hex[at : at + 16]
+
+
+_default_nonce = _NoncePool()
 
 
 class HeartbeatView(Protocol):
@@ -279,8 +299,10 @@ class HostHeartbeat:
             self._send_challenge(now)
 
     def next_deadline(self) -> Optional[float]:
-        times = [t for t in (self._next_challenge, self._restart_deadline) if t is not None]
-        return min(times) if times else None
+        challenge, restart = self._next_challenge, self._restart_deadline
+        if challenge is None or restart is None:
+            return restart if challenge is None else challenge
+        return min(challenge, restart)
 
     # -- PDU handlers -----------------------------------------------------------
     def _on_init(self, msg: Message, now: float) -> None:
