@@ -361,6 +361,11 @@ class HeartbeatEngine:
                 vm.scheduled_tick = None
                 vm.channel.tick(now)
                 self._after_channel_activity(vm)
+                if vm.channel.wants_write:
+                    # A challenge's deadline counts from ``now``: it leaves now, not
+                    # at the end of a turn that may run long.
+                    self._dirty.discard(uuid)
+                    self._flush(vm)
             elif kind == "connect" and vm.state == DISCONNECTED:
                 self._try_connect(vm, now)
             elif kind == "confirm_timeout" and vm.fault_hold.holding:
@@ -582,16 +587,20 @@ class HeartbeatEngine:
         dirty, self._dirty = self._dirty, set()
         for uuid in dirty:
             vm = self.vms.get(uuid)
-            if vm is None or vm.sock is None:
-                continue
-            try:
-                vm.channel.send_output(vm.sock.send)
-            except (BlockingIOError, InterruptedError):
-                pass  # the socket is full: EVENT_WRITE stays on
-            except OSError as exc:
-                self._connection_lost(vm, self.clock(), str(exc))
-                continue
-            self._update_interest(vm)
+            if vm is not None:
+                self._flush(vm)
+
+    def _flush(self, vm: VmConnection) -> None:
+        if vm.sock is None:
+            return
+        try:
+            vm.channel.send_output(vm.sock.send)
+        except (BlockingIOError, InterruptedError):
+            pass  # the socket is full: EVENT_WRITE stays on
+        except OSError as exc:
+            self._connection_lost(vm, self.clock(), str(exc))
+            return
+        self._update_interest(vm)
 
     # -- status -------------------------------------------------------------------
     def snapshot(self) -> Dict[str, object]:
