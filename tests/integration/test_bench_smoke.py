@@ -57,10 +57,14 @@ def test_heartbeat_scale_reports_its_fields() -> None:
         "agent_cpu_percent",
         "false_faults",
         "challenges_answered",
+        "cpu_us_per_round_trip",
+        "simulator_cpu_percent",
     ):
         assert key in result
     assert result["vms"] == 5 and result["false_faults"] == 0
     assert result["challenges_answered"] > 0
+    # CPU time is read in clock ticks (10 ms): a 2 s run may show 0 µs, never None.
+    assert result["cpu_us_per_round_trip"] is not None
 
 
 def test_detection_latency_reports_its_fields() -> None:
