@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Dict
 
 import pytest
 
+from guest_ha_dev.testing.ansible_play import REPO, run_role
 from guest_ha_dev.testing.venv_cache import ensure_venv
 
 pytestmark = [pytest.mark.integration, pytest.mark.openstack]
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = os.path.dirname(sys.executable)
 
 VITRAGE_CONF = """[DEFAULT]
 transport_url = rabbit://guest:guest@127.0.0.1:1/
@@ -42,17 +39,6 @@ types = nova.instance,nova.host
 path = vitrage.datasources
 [entity_graph]
 datasources_values_dir = {values}
-"""
-
-PLAYBOOK = """- name: Install guest-ha's Vitrage datasource
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  tasks:
-    - name: The controller role's vitrage entry point
-      ansible.builtin.include_role:
-        name: controller
-        tasks_from: vitrage
 """
 
 CHECK = """
@@ -72,12 +58,6 @@ print(json.dumps({"types": conf.datasources.types, "notifiers": conf.notifiers,
 """
 
 
-def _recap(out: str) -> Dict[str, int]:
-    match = re.search(r"^localhost\s*:\s*(.*)$", out, re.MULTILINE)
-    assert match, out[-3000:]
-    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
-
-
 def test_vitrage_entry_point_installs_the_datasource(tmp_path: Path) -> None:
     vitrage = ensure_venv("vitrage")
     root = tmp_path / "root"
@@ -87,9 +67,7 @@ def test_vitrage_entry_point_installs_the_datasource(tmp_path: Path) -> None:
     conf.write_text(VITRAGE_CONF.format(values=values))
     site_dir = tmp_path / "site-packages"
     site_dir.mkdir()
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
     extra = {
-        "ansible_python_interpreter": sys.executable,
         "guest_ha_controller_root": str(root),
         "guest_ha_controller_source_dir": str(REPO),
         "guest_ha_controller_vitrage_python": str(vitrage / "bin" / "python"),
@@ -98,36 +76,9 @@ def test_vitrage_entry_point_installs_the_datasource(tmp_path: Path) -> None:
         "guest_ha_controller_vitrage_notifiers": ["snmp"],
         "guest_ha_controller_vitrage_controller_url": "http://127.0.0.1:9797",
     }
-    env = {
-        **os.environ,
-        "PATH": VENV_BIN + os.pathsep + os.environ["PATH"],
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_DEPRECATION_WARNINGS": "0",
-    }
 
     def play(*flags: str) -> Dict[str, int]:
-        proc = subprocess.run(
-            [
-                os.path.join(VENV_BIN, "ansible-playbook"),
-                "-i",
-                "localhost,",
-                "-e",
-                json.dumps(extra),
-                *flags,
-                str(tmp_path / "play.yml"),
-            ],
-            cwd=str(REPO),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0, out[-4000:]
-        return _recap(out)
+        return run_role("controller", "vitrage", extra, tmp_path, *flags)
 
     assert play()["changed"] > 0
     assert play()["changed"] == 0
