@@ -14,6 +14,7 @@ tests; the telemetry services start once per session."""
 
 from __future__ import annotations
 
+import configparser
 import os
 import signal
 import time
@@ -24,8 +25,11 @@ from nova_support import BOOT_TIMEOUT, NovaWorld
 
 from guest_ha_dev.sim.harness import wait_until
 from guest_ha_dev.sim.testguest import qemu_pid
+from guest_ha_dev.testing.ansible_play import run_role
 from guest_ha_dev.testing.controller import ControllerProcess
+from guest_ha_dev.testing.procs import _http
 from guest_ha_dev.testing.telemetry import Telemetry
+from guest_ha_dev.testing.venv_cache import ensure_venv
 from guest_ha_dev.testing.vitrage_path import VitragePath
 from guest_ha_dev.testing.vnfm import VnfmStandIn
 
@@ -201,3 +205,71 @@ def test_vitrage_graph_restart_keeps_the_alarm_and_recovery_clears_it(
     agent.wait_event("recovered", first, timeout=60, after=events)
     wait_until(lambda: guest_ha_alarms(world, first) == [], 60)
     wait_until(lambda: cloud.server(first)["status"] == "ACTIVE", 60)
+
+
+def our_templates(cloud: Any) -> list:
+    return [
+        t for t in cloud.vitrage_get("/v1/template/") if t.get("name") == "guest_ha_instance_fault"
+    ]
+
+
+def test_ansible_vitrage_entry_point_on_the_test_clouds_vitrage(vnf, path_a, tmp_path) -> None:
+    """The controller role's ``vitrage`` entry point on the path A cloud's
+    vitrage.conf with guest-ha's settings taken out: it writes back the
+    settings the running Vitrage uses, and through the running Vitrage API it
+    adds the template again after it was deleted (ACTIVE); a second run
+    changes nothing.  Runs last: path A's template is replaced meanwhile."""
+    cloud = vnf[0].cloud
+    live = configparser.ConfigParser(interpolation=None)
+    live.read(cloud.state_dir / "vitrage" / "vitrage.conf")
+    types = [t for t in live["datasources"]["types"].split(",") if t != "guest_ha"]
+    paths = [
+        p for p in live["datasources"]["path"].split(",") if p != "guest_ha.vitrage_datasource"
+    ]
+    before = configparser.ConfigParser(interpolation=None)
+    before.read_dict(live)
+    before["datasources"]["types"] = ",".join(types)
+    before["datasources"]["path"] = ",".join(paths)
+    before["DEFAULT"].pop("notifiers")
+    before.remove_section("guest_ha")
+    root = tmp_path / "root"
+    conf = root / "etc" / "vitrage" / "vitrage.conf"
+    conf.parent.mkdir(parents=True)
+    with open(conf, "w") as fh:
+        before.write(fh)
+    (tmp_path / "site").mkdir()
+
+    for template in our_templates(cloud):
+        status, _, body = _http(
+            "DELETE",
+            f"{cloud.vitrage_url}/v1/template?uuid={template['uuid']}",
+            headers=cloud.vitrage_headers(),
+        )
+        assert status == 200, body
+    wait_until(lambda: our_templates(cloud) == [], 60)
+
+    extra = {
+        "guest_ha_controller_root": str(root),
+        "guest_ha_controller_vitrage_python": str(ensure_venv("vitrage") / "bin" / "python"),
+        "guest_ha_controller_vitrage_site_packages": str(tmp_path / "site"),
+        "guest_ha_controller_vitrage_types": types,
+        "guest_ha_controller_vitrage_paths": paths,
+        "guest_ha_controller_vitrage_values_dir": live["entity_graph"]["datasources_values_dir"],
+        "guest_ha_controller_vitrage_controller_url": live["guest_ha"]["controller_url"],
+        "guest_ha_controller_vitrage_api_url": cloud.vitrage_url,
+        "guest_ha_controller_vitrage_token": cloud.token(),
+    }
+    assert run_role("controller", "vitrage", extra, tmp_path)["changed"] > 0
+    wait_until(lambda: [t["status"] for t in our_templates(cloud)] == ["ACTIVE"], 60)
+    assert run_role("controller", "vitrage", extra, tmp_path)["changed"] == 0
+
+    after = configparser.ConfigParser(interpolation=None)
+    after.read(conf)
+    for section, option in (
+        ("datasources", "types"),
+        ("datasources", "path"),
+        ("DEFAULT", "notifiers"),
+        ("guest_ha", "controller_url"),
+        ("entity_graph", "datasources_values_dir"),
+    ):
+        assert after[section][option] == live[section][option], (section, option)
