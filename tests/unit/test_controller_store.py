@@ -122,3 +122,21 @@ def test_permanent_failure_is_recorded_not_retried(tmp_path) -> None:
     finally:
         dispatcher.stop()
     assert broken.seen == []
+
+
+def test_active_faults_are_the_instances_whose_last_fault_or_recovery_is_a_fault(tmp_path) -> None:
+    store = EventStore(str(tmp_path / "db.sqlite"))
+    assert store.active_faults() == []
+    store.accept(event("u1-lost", "u1"), ["log"], "c1")
+    store.accept(event("u2-lost", "u2"), ["log"], "c1")
+    store.accept(event("u2-rec", "u2", "recovered", False), ["log"], "c1")
+    store.accept(event("u3-lost", "u3"), ["log"], "c1")
+    store.accept(event("u3-rec", "u3", "recovered", False), ["log"], "c1")
+    store.accept(event("u3-crash", "u3", "vm_crashed"), ["log"], "c1")
+    # Neither a fault nor a recovery: leaves u1's fault active.
+    store.accept(event("u1-reg", "u1", "registered", False), ["log"], "c1")
+    active = store.active_faults()
+    assert [(e["instance_uuid"], e["kind"]) for e in active] == [
+        ("u1", "heartbeat_lost"),
+        ("u3", "vm_crashed"),
+    ]

@@ -274,6 +274,15 @@ class ControllerService:
             ),
         }
 
+    def active_faults(self) -> List[Dict[str, Any]]:
+        """The faults still active (no recovery since), as the ``vitrage``
+        reporter's ``/v1/event`` bodies: guest-ha's Vitrage datasource reads
+        them in ``get_all`` to rebuild its alarms after a vitrage-graph restart."""
+        from .reporters.vitrage import build_event
+
+        events = (build_event(e) for e in self.store.active_faults())
+        return [e for e in events if e is not None]
+
     def metrics(self) -> str:
         """Prometheus text exposition of the controller's counters."""
         status = self.status()
@@ -344,7 +353,9 @@ class ControllerService:
         return "\n".join(lines) + "\n"
 
     def serve_http(self, listen: str) -> None:
-        """Serve /status (JSON) and /metrics (Prometheus) on ``host:port``."""
+        """Serve /status (JSON), /metrics (Prometheus) and /v1/active-faults
+        (JSON: the Vitrage events of the faults still active, see
+        ``active_faults``) on ``host:port``."""
         host, _, port = listen.rpartition(":")
         service = self
 
@@ -352,6 +363,9 @@ class ControllerService:
             def do_GET(self) -> None:
                 if self.path == "/status":
                     body = json.dumps(service.status(), default=str).encode()
+                    ctype = "application/json"
+                elif self.path == "/v1/active-faults":
+                    body = json.dumps(service.active_faults()).encode()
                     ctype = "application/json"
                 elif self.path == "/metrics":
                     body = service.metrics().encode()

@@ -45,6 +45,15 @@ CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(state, next_attempt)
 """
 
 
+#: Instances whose latest fault-or-recovery event is a fault: their active
+#: fault, for ``GET /v1/active-faults`` (the Vitrage datasource's ``get_all``).
+ACTIVE_FAULTS_SQL = (
+    "SELECT e.body FROM events e JOIN (SELECT instance_uuid, MAX(seq) AS seq FROM events"
+    " WHERE fault = 1 OR kind = 'recovered' GROUP BY instance_uuid) last ON e.seq = last.seq"
+    " WHERE e.fault = 1 ORDER BY e.seq"
+)
+
+
 @dataclass(frozen=True)
 class Delivery:
     key: str
@@ -207,6 +216,12 @@ class EventStore:
             ).fetchall()
         ]
         return {"deliveries": by_state, "faults_by_kind": by_kind, "recent_faults": recent}
+
+    def active_faults(self) -> List[Dict[str, Any]]:
+        """The latest fault of each instance whose last fault-or-recovery
+        event is a fault (oldest first)."""
+        db = self._db()
+        return [json.loads(r[0]) for r in db.execute(ACTIVE_FAULTS_SQL).fetchall()]
 
 
 class _Transaction:

@@ -19,7 +19,7 @@ import json
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
-from .store import Delivery
+from .store import ACTIVE_FAULTS_SQL, Delivery
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS events (
@@ -210,3 +210,9 @@ class SqlEventStore:
                 ).fetchall()
             ]
         return {"deliveries": by_state, "faults_by_kind": by_kind, "recent_faults": recent}
+
+    def active_faults(self) -> List[Dict[str, Any]]:
+        """As ``EventStore.active_faults``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(self._text(ACTIVE_FAULTS_SQL)).fetchall()
+        return [json.loads(r[0]) for r in rows]

@@ -122,9 +122,11 @@ def ensure_venv(name: str, *, cache: Optional[Path] = None) -> Path:
     marker = venv / _MARKER
     wanted = spec.fingerprint()
     if marker.is_file() and marker.read_text().strip() == wanted:
+        _repair_shebangs(venv)
         return venv
     with _file_lock(venv.with_name(venv.name + ".lock"), f"{name} venv"):
         if marker.is_file() and marker.read_text().strip() == wanted:
+            _repair_shebangs(venv)
             return venv
         started = time.monotonic()
         _log(
@@ -156,6 +158,31 @@ def ensure_venv(name: str, *, cache: Optional[Path] = None) -> Path:
         marker.write_text(wanted + "\n")
         _log(f"installed {name} in {time.monotonic() - started:.1f} s")
     return venv
+
+
+def _repair_shebangs(venv: Path) -> None:
+    """Point the scripts of a venv that was built elsewhere and moved (a cache
+    copied from another checkout) at this venv's python: pip writes the
+    absolute interpreter path into each script, and a missing one makes the
+    script fail with ``FileNotFoundError``.  Each script is replaced whole."""
+    python = venv.resolve() / "bin" / "python"
+    for script in (venv / "bin").iterdir():
+        if not script.is_file() or script.is_symlink():
+            continue
+        with open(script, "rb") as handle:
+            first = handle.readline(512)
+        if not first.startswith(b"#!") or not first.rstrip().endswith(
+            (b"/bin/python", b"/bin/python3")
+        ):
+            continue
+        interpreter = Path(first[2:].strip().decode(errors="replace"))
+        if interpreter.exists():
+            continue
+        rest = script.read_bytes()[len(first) :]
+        tmp = script.with_name(f".{script.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(b"#!" + str(python).encode() + b"\n" + rest)
+        tmp.chmod(script.stat().st_mode)
+        os.replace(tmp, script)
 
 
 def ensure_venvs(names: Sequence[str], *, cache: Optional[Path] = None) -> Dict[str, Path]:

@@ -37,8 +37,17 @@ def template_file() -> Path:
 class VitragePath:
     """Vitrage with the nova notifier and our template, on ``cloud``."""
 
-    def __init__(self, cloud: NovaCloud, *, startup_timeout: float = 240) -> None:
+    def __init__(
+        self,
+        cloud: NovaCloud,
+        *,
+        startup_timeout: float = 240,
+        conf_extra: Optional[Dict[str, Dict[str, Any]]] = None,
+    ) -> None:
+        """``conf_extra``: more ``vitrage.conf`` settings, e.g.
+        ``{"guest_ha": {"controller_url": ...}}``."""
         self.cloud = cloud
+        self.conf_extra = conf_extra or {}
         self.startup_timeout = startup_timeout
         self.notifier: Optional[ProcessService] = None
         self.template_uuid = ""
@@ -59,7 +68,8 @@ class VitragePath:
             assert cloud.state_dir is not None
             cloud.with_vitrage = True
             cloud._vitrage_conf_extra = _merge(
-                {"DEFAULT": {"notifiers": "nova"}}, cloud._vitrage_conf_extra
+                _merge({"DEFAULT": {"notifiers": "nova"}}, self.conf_extra),
+                cloud._vitrage_conf_extra,
             )
             cloud.vitrage_service_password = "gha-vitrage-" + uuidlib.uuid4().hex[:12]
             cloud.vitrage_api = GunicornService(
@@ -107,12 +117,24 @@ class VitragePath:
                 service.stop()
                 setattr(cloud, name, None)
 
-    def restart_graph(self, deadline_s: float = 120) -> None:
+    def restart_graph(self, deadline_s: float = 180, forget_graph: bool = False) -> None:
         """Stop vitrage-graph (SIGTERM by PID) and start it again; wait until
-        it answers the API."""
+        it answers the API.  ``forget_graph``: meanwhile delete the graph
+        snapshot and events Vitrage stored in its database, so it starts from
+        scratch (datasources' ``get_all`` only)."""
         graph = self.cloud.vitrage_graph
-        assert graph is not None
+        assert graph is not None and self.cloud.state_dir is not None
         graph.stop()
+        if forget_graph:
+            import sqlite3
+
+            db = sqlite3.connect(str(self.cloud.state_dir / "vitrage" / "vitrage.db"))
+            try:
+                with db:
+                    db.execute("DELETE FROM graph_snapshots")
+                    db.execute("DELETE FROM events")
+            finally:
+                db.close()
         graph.start()
         deadline = time.monotonic() + deadline_s
         while True:
@@ -132,7 +154,8 @@ class VitragePath:
         cloud = self.cloud
         path = template_file()
         body = {
-            "templates": [[str(path), yaml.safe_load(path.read_text())]],
+            # As Vitrage and its client read templates: every scalar a string.
+            "templates": [[str(path), yaml.load(path.read_text(), Loader=yaml.BaseLoader)]],
             "template_type": "standard",
         }
         status, _, payload = _http(

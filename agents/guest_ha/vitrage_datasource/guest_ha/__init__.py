@@ -32,4 +32,18 @@ OPTS = [
         help="guest-ha events are pushed (POST /v1/event); keep 'push'.",
         required=True,
     ),
+    cfg.StrOpt(
+        "controller_url",
+        default="",
+        help="guest-ha controller's status URL ([controller] status_listen), e.g. "
+        "http://ctl:9797. vitrage-graph reads the active faults there (GET "
+        "/v1/active-faults) at start-up and every snapshots_interval, so alarms "
+        "survive a vitrage-graph restart. Empty: alarms come from events only.",
+    ),
+    cfg.FloatOpt(
+        "controller_timeout",
+        default=10.0,
+        min=0.1,
+        help="Timeout in seconds of the request to controller_url.",
+    ),
 ]

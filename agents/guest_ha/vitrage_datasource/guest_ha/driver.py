@@ -1,13 +1,22 @@
 """Driver of the ``guest_ha`` datasource: accepts guest-ha events from
 vitrage-api's ``vitrage_notifications`` topic and keeps one alarm per instance.
 
-Push only: there is nothing to poll, so ``get_all``/``get_changes`` return no
-alarms.  ``enrich_event`` validates an event, normalises its time, remembers
-the latest state per instance and decides whether the graph must change.
+Events are pushed; ``enrich_event`` validates an event, normalises its time,
+remembers the latest state per instance and decides whether the graph must
+change.  ``get_all`` (vitrage-graph's start and every ``snapshots_interval``)
+reads the faults still active from the controller (``[guest_ha]
+controller_url``, ``GET /v1/active-faults``): the controller's event store is
+the durable record of every fault and recovery, so a restarted vitrage-graph
+gets its alarms back even if its own graph snapshot is gone or older than the
+last events.  Vertices that the controller no longer lists are deleted (an
+unreachable controller fails ``get_all`` and deletes nothing).
 """
 
+import json
+import urllib.request
 from datetime import datetime
 
+from oslo_config import cfg
 from oslo_log import log
 from vitrage.common.constants import DatasourceAction
 from vitrage.common.constants import DatasourceProperties as DSProps
@@ -71,7 +80,29 @@ class GuestHaDriver(AlarmDriverBase):
         return self._is_erroneous(new_alarm) != self._is_erroneous(old_alarm)
 
     def get_all(self, datasource_action):
-        return self.make_pickleable([], DATASOURCE, datasource_action)
+        """The controller's active faults, as alarms (none without
+        ``controller_url``).  Raises if the controller cannot be read."""
+        url = cfg.CONF[DATASOURCE].controller_url
+        if not url:
+            return self.make_pickleable([], DATASOURCE, datasource_action)
+        request = urllib.request.Request(url.rstrip("/") + "/v1/active-faults")
+        with urllib.request.urlopen(request, timeout=cfg.CONF[DATASOURCE].controller_timeout) as r:
+            listed = json.loads(r.read(4 * 1024 * 1024 + 1)[: 4 * 1024 * 1024])
+        events = []
+        for event in listed if isinstance(listed, list) else []:
+            if not self._is_valid(event) or not self._is_erroneous(event):
+                LOG.warning("guest_ha: ignoring active fault %s from the controller", event)
+                continue
+            time = normalise_time(event.get(EventProps.TIME))
+            if time is None:
+                continue
+            event[EventProps.TIME] = time
+            event[DSProps.EVENT_TYPE] = event[EventProps.TYPE]
+            event[UPDATE_TIME] = time
+            self.cache[self._alarm_key(event)] = event, time
+            events.append(event)
+        LOG.info("guest_ha: %d active faults from the controller", len(events))
+        return self.make_pickleable(events, DATASOURCE, datasource_action)
 
     def get_changes(self, datasource_action):
         return self.make_pickleable([], DATASOURCE, datasource_action)
@@ -117,4 +148,4 @@ class GuestHaDriver(AlarmDriverBase):
 
     @staticmethod
     def should_delete_outdated_entities():
-        return False
+        return bool(cfg.CONF[DATASOURCE].controller_url)

@@ -33,7 +33,11 @@ DEFAULT_SEVERITY = "critical"
 
 class GuestHaTransformer(AlarmTransformerBase):
     def _create_snapshot_entity_vertex(self, entity_event):
-        return None  # push only: there are no snapshots
+        # get_all's active faults (from the controller) have the events' shape.
+        return self._create_update_entity_vertex(entity_event)
+
+    def _create_snapshot_neighbors(self, entity_event):
+        return self._create_update_neighbors(entity_event)
 
     def _create_update_entity_vertex(self, entity_event):
         details = dict(entity_event.get(EventProps.DETAILS) or {})
