@@ -19,13 +19,14 @@ import queue
 import selectors
 import socket
 import time
+from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..protocol import SERVER_GROUP, HeartbeatEvent, HostChannel, Message, ProtocolError
 from ..protocol.channel import GuestPdu, LogRecord
 from ..protocol.events import EventKind
 from ..protocol.faulthold import FaultHold
-from ..protocol.messages import HOST_TO_GUEST, make
+from ..protocol.messages import HEALTHY, HOST_TO_GUEST, make
 from ..protocol.transitions import HostState
 from .backoff import ReconnectBackoff
 from .config import ComputeConfig, ReconnectPolicy, VmSpec
@@ -35,6 +36,7 @@ LOG = logging.getLogger("guest_ha.compute")
 
 READ_CHUNK = 64 * 1024
 CONFIRM_TIMEOUT_S = 1.0
+REMOVED_FAULTS_MAX = 4096
 _RETRY_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ENOTSOCK, errno.EACCES)
 
 NOT_ENABLED = "server group messaging is not enabled for this VM"
@@ -106,6 +108,11 @@ class HeartbeatEngine:
         """Set in libvirt mode: asks whether a domain still runs before a heartbeat
         fault is reported (see ``_hold``)."""
         self.loop_iterations = 0
+        self.removed_faults: "OrderedDict[str, Tuple[str, str]]" = OrderedDict()
+        """Faults still active when their VM was removed (uuid -> health, reason):
+        carried over if the same VM is added again (Nova's stop and start undefine
+        and redefine the domain), so it then reports ``recovered``.  At most
+        ``REMOVED_FAULTS_MAX``, oldest dropped."""
         self.recovery: Optional[Any] = None
         """Set when the operator enabled recovery (``compute.recovery.RecoveryController``):
         told of every event, it may act on the VM through the hypervisor."""
@@ -127,6 +134,9 @@ class HeartbeatEngine:
         if not spec.heartbeat:  # messaging only: no registration is expected
             policy = dataclasses.replace(policy, restart_timeout_s=0.0)
         channel = HostChannel(policy, self.config.limits, now)
+        carried = self.removed_faults.pop(spec.uuid, None)
+        if carried is not None:
+            channel.carry_fault(*carried)
         vm = VmConnection(spec, channel, self.config.reconnect)
         vm.source = source
         self.vms[spec.uuid] = vm
@@ -139,6 +149,11 @@ class HeartbeatEngine:
             return
         vm.state = REMOVED
         self._close(vm)
+        view = vm.channel.heartbeat_view
+        if view.health != HEALTHY:
+            self.removed_faults[uuid] = (view.health, view.health_reason)
+            while len(self.removed_faults) > REMOVED_FAULTS_MAX:
+                self.removed_faults.popitem(last=False)
         if self.recovery is not None:
             self.recovery.forget(uuid)
         LOG.info("%s removed", vm.log_prefix)
