@@ -67,10 +67,12 @@ class MasakariMonitor:
         self.conf = os.path.join(workdir, f"monitor-{name}.conf")
         self.log = Path(workdir) / f"monitor-{name}.log"
         assert cloud.keystone is not None
+        # Its default, limited to this cloud's domains (Nova names the qemu-ga
+        # socket /var/lib/libvirt/qemu/org.qemu.guest_agent.0.<domain>.sock).
         sock = (
-            r"/var/lib/libvirt/qemu/channel/target/domain-\d+-instance-"
+            r"/var/lib/libvirt/qemu/org\.qemu\.guest_agent\..*\.instance-"
             + re.escape(cloud.name_tag)
-            + r"-.*/org\.qemu\.guest_agent\.0"
+            + r"-.*\.sock"
         )
         _write_ini(
             Path(self.conf),
