@@ -354,6 +354,34 @@ def add_test_files(rootdir: str) -> None:
     shutil.copy2(static_busybox(), busybox)
     _write(os.path.join(rootdir, "etc", "hostname"), GUEST_NAME + "\n", 0o644)
     # No getty, no login: the serial console only shows the daemon's log.
+    add_qemu_guest_agent(rootdir)
+
+
+#: qemu-ga and what it needs beyond minbase (for bench/vs_masakari.py: Masakari's
+#: introspective instance monitor pings it).  The init starts it only when the
+#: domain has its port (Nova's ``hw_qemu_guest_agent=yes``).
+QGA_PACKAGES = ("qemu-guest-agent", "libglib2.0-0", "libnuma1", "liburing2", "libudev1")
+QGA_CACHE = os.path.join(CACHE, "qga-debs")
+
+
+def add_qemu_guest_agent(rootdir: str) -> None:
+    """Unpack qemu-guest-agent and its libraries (``apt-get download``, cached) into the root."""
+    os.makedirs(QGA_CACHE, exist_ok=True)
+    have = os.listdir(QGA_CACHE)
+    missing = [p for p in QGA_PACKAGES if not any(f.startswith(p + "_") for f in have)]
+    if missing:
+        run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", *missing],
+            cwd=QGA_CACHE, stdout=subprocess.DEVNULL)  # fmt: skip
+    for name in sorted(os.listdir(QGA_CACHE)):
+        if name.endswith(".deb"):
+            # Not "dpkg -x": its tar would replace merged-/usr links (/lib, /sbin).
+            deb = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", os.path.join(QGA_CACHE, name)],
+                                   stdout=subprocess.PIPE)  # fmt: skip
+            run(["tar", "-x", "--keep-directory-symlink", "-C", rootdir], stdin=deb.stdout)
+            assert deb.stdout is not None
+            deb.stdout.close()
+            if deb.wait() != 0:
+                raise SystemExit(f"dpkg-deb --fsys-tarfile {name} failed")
 
 
 def static_busybox() -> str:

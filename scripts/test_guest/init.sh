@@ -85,6 +85,10 @@ trap 'shutdown_now poweroff' TERM USR2
 trap 'shutdown_now reboot' INT
 
 run_daemon &
+# qemu-ga only where the domain has its port (Nova: image hw_qemu_guest_agent=yes).
+if [ -e /dev/virtio-ports/org.qemu.guest_agent.0 ] && command -v qemu-ga >/dev/null; then
+    qemu-ga -d -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -f /run/qemu-ga.pid
+fi
 case " $(cat /proc/cmdline) " in
     *" guest_ha.demo_peer=1 "*) /usr/local/bin/guest-ha-demo-peer & ;;
 esac

@@ -19,13 +19,14 @@ import queue
 import selectors
 import socket
 import time
+from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..protocol import SERVER_GROUP, HeartbeatEvent, HostChannel, Message, ProtocolError
 from ..protocol.channel import GuestPdu, LogRecord
 from ..protocol.events import EventKind
 from ..protocol.faulthold import FaultHold
-from ..protocol.messages import HOST_TO_GUEST, make
+from ..protocol.messages import HEALTHY, HOST_TO_GUEST, make
 from ..protocol.transitions import HostState
 from .backoff import ReconnectBackoff
 from .config import ComputeConfig, ReconnectPolicy, VmSpec
@@ -39,6 +40,7 @@ TIMER_SLACK_S = 0.002
 """How late a timer may run so that timers due close together run in one loop
 turn (one ``epoll_wait`` for many VMs' challenges, not one each). Never early:
 a guest always gets at least its full interval to answer."""
+REMOVED_FAULTS_MAX = 4096
 _RETRY_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ENOTSOCK, errno.EACCES)
 
 NOT_ENABLED = "server group messaging is not enabled for this VM"
@@ -112,6 +114,11 @@ class HeartbeatEngine:
         """Set in libvirt mode: asks whether a domain still runs before a heartbeat
         fault is reported (see ``_hold``)."""
         self.loop_iterations = 0
+        self.removed_faults: "OrderedDict[str, Tuple[str, str]]" = OrderedDict()
+        """Faults still active when their VM was removed (uuid -> health, reason):
+        carried over if the same VM is added again (Nova's stop and start undefine
+        and redefine the domain), so it then reports ``recovered``.  At most
+        ``REMOVED_FAULTS_MAX``, oldest dropped."""
         self.recovery: Optional[Any] = None
         """Set when the operator enabled recovery (``compute.recovery.RecoveryController``):
         told of every event, it may act on the VM through the hypervisor."""
@@ -133,6 +140,9 @@ class HeartbeatEngine:
         if not spec.heartbeat:  # messaging only: no registration is expected
             policy = dataclasses.replace(policy, restart_timeout_s=0.0)
         channel = HostChannel(policy, self.config.limits, now)
+        carried = self.removed_faults.pop(spec.uuid, None)
+        if carried is not None:
+            channel.carry_fault(*carried)
         vm = VmConnection(spec, channel, self.config.reconnect)
         vm.source = source
         self.vms[spec.uuid] = vm
@@ -145,6 +155,11 @@ class HeartbeatEngine:
             return
         vm.state = REMOVED
         self._close(vm)
+        view = vm.channel.heartbeat_view
+        if view.health != HEALTHY:
+            self.removed_faults[uuid] = (view.health, view.health_reason)
+            while len(self.removed_faults) > REMOVED_FAULTS_MAX:
+                self.removed_faults.popitem(last=False)
         if self.recovery is not None:
             self.recovery.forget(uuid)
         LOG.info("%s removed", vm.log_prefix)

@@ -351,6 +351,12 @@ class HostChannel(_ChannelEnd):
         """The heartbeat machine, read-only (status, metrics, recovery)."""
         return self._heartbeat
 
+    def carry_fault(self, health: str, reason: str) -> None:
+        """This VM's previous channel ended with fault ``health`` still active
+        (the hypervisor undefined and redefined the domain: Nova's stop/start):
+        keep it, so the next healthy answer reports ``recovered``."""
+        self._heartbeat.health, self._heartbeat.health_reason = health, reason
+
     def retract_fault(self, now: float, kind: str, state: str) -> None:
         """The hypervisor explains a held fault (the domain is ``state``, not
         running): forget it and suspend; the ``suspended`` notice is not news."""

@@ -245,6 +245,8 @@ SERVICES: Dict[str, ServiceSpec] = {
     # series is Aodh 23 and Ceilometer 27 (shared/openstack/doctor-chain.md).
     "aodh": ServiceSpec("aodh", ("aodh>=23,<24", "gunicorn>=22"), db_template=_aodh_template),
     "ceilometer": ServiceSpec("ceilometer", ("ceilometer>=27,<28",)),
+    # Masakari's own introspective instance monitor (bench/vs_masakari.py).
+    "masakari-monitors": ServiceSpec("masakari-monitors", ("masakari-monitors", "libvirt-python")),
 }
 
 
