@@ -140,23 +140,7 @@ def main() -> None:
                 EngineProcess(
                     os.path.join(workdir, "agent"),
                     heartbeat={"restart_timeout_s": 300.0},
-                    extra={
-                        "libvirt": {
-                            "enabled": True,
-                            "mode": "nova",
-                            "domain_names": cloud.domain_names,
-                            "nova_clouds_yaml": clouds,
-                            "nova_interface": "public",
-                            "destroyed_is_fault": False,
-                        },
-                        "controller": {
-                            "enabled": True,
-                            "transport_url": cloud.rabbit_url,
-                            "messaging_config": None,
-                            "spool_dir": os.path.join(workdir, "spool"),
-                            "host": cloud.compute_host,
-                        },
-                    },
+                    extra=cloud.agent_config(clouds, spool_dir=os.path.join(workdir, "spool")),
                 ) as agent,
                 VnfmStandIn(cloud, telemetry) as vnfm,
             ):

@@ -62,20 +62,10 @@ def main() -> None:
             )
             flavor = cloud.flavor("bench.ha", {"guest_ha:heartbeat": "true"})
             bigger = cloud.flavor("bench.ha.2", {"guest_ha:heartbeat": "true"}, ram=640)
-            agent_conf = {
-                "libvirt": {
-                    "enabled": True,
-                    "mode": "nova",
-                    "domain_names": cloud.domain_names,
-                    "nova_clouds_yaml": clouds,
-                    "nova_interface": "public",
-                    "destroyed_is_fault": False,
-                }
-            }
             with EngineProcess(
                 os.path.join(workdir, "agent"),
                 heartbeat={"restart_timeout_s": 300.0},
-                extra=agent_conf,
+                extra=cloud.agent_config(clouds),
             ) as agent:
                 servers = []
                 _bench.progress(f"booting {args.servers} servers through Nova, one at a time")

@@ -60,23 +60,7 @@ def agent_process(cloud: NovaCloud, workdir: str, clouds: str) -> EngineProcess:
     return EngineProcess(
         os.path.join(workdir, "agent"),
         heartbeat={"restart_timeout_s": float(BOOT_TIMEOUT)},
-        extra={
-            "libvirt": {
-                "enabled": True,
-                "mode": "nova",
-                "domain_names": cloud.domain_names,
-                "nova_clouds_yaml": clouds,
-                "nova_interface": "public",
-                "destroyed_is_fault": False,
-            },
-            "controller": {
-                "enabled": True,
-                "transport_url": cloud.rabbit_url,
-                "messaging_config": None,
-                "spool_dir": os.path.join(workdir, "spool"),
-                "host": cloud.compute_host,
-            },
-        },
+        extra=cloud.agent_config(clouds, spool_dir=os.path.join(workdir, "spool")),
     )
 
 

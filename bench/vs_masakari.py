@@ -159,16 +159,7 @@ def main() -> None:
             agent = EngineProcess(
                 os.path.join(workdir, "agent"),
                 heartbeat={"restart_timeout_s": float(BOOT_TIMEOUT)},
-                extra={
-                    "libvirt": {
-                        "enabled": True,
-                        "mode": "nova",
-                        "domain_names": cloud.domain_names,
-                        "nova_clouds_yaml": clouds,
-                        "nova_interface": "public",
-                        "destroyed_is_fault": False,
-                    }
-                },
+                extra=cloud.agent_config(clouds),
             ).start()
             try:
                 servers: Dict[str, str] = {}

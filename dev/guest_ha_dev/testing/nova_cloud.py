@@ -663,6 +663,34 @@ class NovaCloud(OpenStackCloud):
         domains: agents of other clouds on the shared libvirtd leave them alone."""
         return f"instance-{self.name_tag}-*"
 
+    def agent_config(
+        self, clouds_yaml: str, *, spool_dir: Optional[str] = None, cloud: Optional[str] = None
+    ) -> Dict[str, Any]:
+        """The compute agent's settings (beyond ``heartbeat``) for nova mode on
+        this cloud: its own domains only, Nova's names from ``clouds_yaml``, and,
+        with ``spool_dir``, fault reports to this cloud's RabbitMQ."""
+        libvirt: Dict[str, Any] = {
+            "enabled": True,
+            "mode": "nova",
+            "domain_names": self.domain_names,
+            "nova_clouds_yaml": clouds_yaml,
+            "nova_interface": "public",
+            # Nova destroys domains on hard reboot, stop and delete.
+            "destroyed_is_fault": False,
+        }
+        if cloud is not None:
+            libvirt["nova_cloud"] = cloud
+        config: Dict[str, Any] = {"libvirt": libvirt}
+        if spool_dir is not None:
+            config["controller"] = {
+                "enabled": True,
+                "transport_url": self.rabbit_url,
+                "messaging_config": None,
+                "spool_dir": spool_dir,
+                "host": self.compute_host,
+            }
+        return config
+
     def instance_name(self, uuid: str) -> str:
         """The libvirt domain name Nova gave the server (``instance-%08x``)."""
         return str(self.server(uuid)["OS-EXT-SRV-ATTR:instance_name"])

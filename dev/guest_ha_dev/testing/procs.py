@@ -126,7 +126,78 @@ def _http(
     return status, hdrs, payload
 
 
-class GunicornService:
+class _VenvService:
+    """A service process run from its venv in its own process group, logging to
+    ``log_path``; ``port`` is where it serves HTTP, if it does."""
+
+    def __init__(
+        self,
+        name: str,
+        venv: Path,
+        log_path: Path,
+        env: Optional[Mapping[str, str]] = None,
+        port: Optional[int] = None,
+    ):
+        self.name = name
+        self.venv = venv
+        self.log_path = log_path
+        self.env = dict(env or {})
+        self.port = port
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def url(self) -> str:
+        assert self.port is not None, f"{self.name} serves no HTTP"
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        """Start ``argv`` with the venv's ``bin`` first on ``PATH``."""
+        env = {**_clean_env(), **env}  # the service venv must not see the caller's venv
+        env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                list(argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise CloudStartError(
+                f"{self.name} exited with {self.proc.returncode}; "
+                f"log {self.log_path}:\n{_tail(self.log_path)}"
+            )
+
+    def wait_ready(self, path: str, deadline: float, ok: Callable[[int], bool]) -> float:
+        """Poll ``GET path`` until ``ok(status)``; return seconds waited."""
+        started = time.monotonic()
+        last = "no answer"
+        while True:
+            self.check_alive()
+            try:
+                status, _, _ = _http("GET", self.url + path, timeout=5)
+                if ok(status):
+                    return time.monotonic() - started
+                last = f"HTTP {status}"
+            except (OSError, urllib.error.URLError) as exc:
+                last = str(exc)
+            if time.monotonic() > deadline:
+                raise CloudStartError(
+                    f"{self.name} not ready at {self.url}{path} ({last}); "
+                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                )
+            time.sleep(0.2)
+
+
+class GunicornService(_VenvService):
     """One WSGI service under gunicorn in its venv, in its own process group.
 
     gunicorn runs with ``--no-control-socket`` and loads ``gha_wsgi_shim``
@@ -146,22 +217,9 @@ class GunicornService:
         env: Optional[Mapping[str, str]] = None,
         threads: int = 4,
     ):
-        self.name = name
-        self.venv = venv
+        super().__init__(name, venv, log_path, env, port)
         self.wsgi_target = wsgi_target
-        self.port = port
-        self.log_path = log_path
-        self.env = dict(env or {})
         self.threads = threads
-        self.proc: Optional[subprocess.Popen] = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self.proc.pid if self.proc else None
 
     def start(self) -> None:
         argv = [
@@ -183,44 +241,7 @@ class GunicornService:
             f"gha-{self.name}",
             "gha_wsgi_shim:application",
         ]
-        env = _clean_env()  # the service venv must not see the caller's venv
-        env.update(self.env)
-        env["GHA_WSGI_TARGET"] = self.wsgi_target
-        env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, path: str, deadline: float, ok: Callable[[int], bool]) -> float:
-        """Poll ``GET path`` until ``ok(status)``; return seconds waited."""
-        started = time.monotonic()
-        last = "no answer"
-        while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise CloudStartError(
-                    f"{self.name} exited with {self.proc.returncode} while starting; "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
-                )
-            try:
-                status, _, _ = _http("GET", self.url + path, timeout=5)
-                if ok(status):
-                    return time.monotonic() - started
-                last = f"HTTP {status}"
-            except (OSError, urllib.error.URLError) as exc:
-                last = str(exc)
-            if time.monotonic() > deadline:
-                raise CloudStartError(
-                    f"{self.name} not ready at {self.url}{path} ({last}); "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
-                )
-            time.sleep(0.2)
+        self._spawn(argv, {**self.env, "GHA_WSGI_TARGET": self.wsgi_target})
 
     def stop(self, timeout: float = 10) -> None:
         proc, self.proc = self.proc, None
@@ -249,7 +270,7 @@ def _stop_group(proc: Optional[subprocess.Popen], first: int, timeout: float) ->
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-class ProcessService:
+class ProcessService(_VenvService):
     """A plain (non-WSGI) service process in its venv, in its own process group
     (``vitrage-graph``, ``vitrage-persistor``).  ``stop()`` signals the group
     whose leader is the PID we started: SIGTERM, then SIGKILL."""
@@ -263,64 +284,11 @@ class ProcessService:
         env: Optional[Mapping[str, str]] = None,
         port: Optional[int] = None,
     ):
-        self.name = name
-        self.venv = venv
+        super().__init__(name, venv, log_path, env, port)
         self.argv = list(argv)
-        self.log_path = log_path
-        self.env = dict(env or {})
-        self.port = port
-        self.proc: Optional[subprocess.Popen] = None
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self.proc.pid if self.proc else None
-
-    @property
-    def url(self) -> str:
-        assert self.port is not None, f"{self.name} serves no HTTP"
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, path: str, deadline: float, ok: Callable[[int], bool]) -> float:
-        """Poll ``GET path`` until ``ok(status)``; return seconds waited."""
-        started = time.monotonic()
-        last = "no answer"
-        while True:
-            self.check_alive()
-            try:
-                status, _, _ = _http("GET", self.url + path, timeout=5)
-                if ok(status):
-                    return time.monotonic() - started
-                last = f"HTTP {status}"
-            except (OSError, urllib.error.URLError) as exc:
-                last = str(exc)
-            if time.monotonic() > deadline:
-                raise CloudStartError(
-                    f"{self.name} not ready at {self.url}{path} ({last}); "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
-                )
-            time.sleep(0.2)
 
     def start(self) -> None:
-        env = _clean_env()
-        env.update(self.env)
-        env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(self.venv / "bin" / self.argv[0]), *self.argv[1:]],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise CloudStartError(
-                f"{self.name} exited with {self.proc.returncode}; "
-                f"log {self.log_path}:\n{_tail(self.log_path)}"
-            )
+        self._spawn([str(self.venv / "bin" / self.argv[0]), *self.argv[1:]], self.env)
 
     def stop(self, timeout: float = 5) -> None:
         proc, self.proc = self.proc, None

@@ -54,25 +54,9 @@ def agent_process(world: Any, workdir: str) -> EngineProcess:
     return EngineProcess(
         workdir,
         heartbeat={"restart_timeout_s": float(BOOT_TIMEOUT)},
-        extra={
-            "libvirt": {
-                "enabled": True,
-                "mode": "nova",
-                "domain_names": cloud.domain_names,
-                "nova_clouds_yaml": world.clouds_yaml,
-                "nova_cloud": "guest-ha",
-                "nova_interface": "public",
-                # Nova destroys domains on hard reboot, stop and delete.
-                "destroyed_is_fault": False,
-            },
-            "controller": {
-                "enabled": True,
-                "transport_url": cloud.rabbit_url,
-                "messaging_config": None,
-                "spool_dir": os.path.join(workdir, "spool"),
-                "host": cloud.compute_host,
-            },
-        },
+        extra=cloud.agent_config(
+            world.clouds_yaml, spool_dir=os.path.join(workdir, "spool"), cloud="guest-ha"
+        ),
     )
 
 
