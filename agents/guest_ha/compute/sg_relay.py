@@ -26,7 +26,7 @@ MAX_BATCH = 64
 # How long the first PDU of a batch waits for more before the cast goes out:
 # one cast (one AMQP publish, confirm, consume and dispatch) then carries
 # several PDUs. Bounds the latency added on this hop (issue 16).
-LINGER_S = 0.002
+LINGER_S = 0.004
 
 
 class ServerGroupRelay:
