@@ -234,6 +234,10 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
         "heartbeat_faults": faults,
         "cast_interval_ms": args.cast_interval_ms,
         "cpu_pct_of_one_core": cpu_pct,
+        # Whole-path CPU (guests, both agents, controller, RabbitMQ) per broadcast.
+        "cpu_ms_per_broadcast": (
+            round(cpu_pct["total"] / 100.0 * send_s * 1000.0 / total, 3) if total else None
+        ),
         "machine": _bench.machine(),
     }
 

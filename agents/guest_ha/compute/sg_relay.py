@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any, Dict, List, Optional
 
 from ..messaging.payloads import SG_RELAY, SG_RELAY_BATCH, SgDelivery, SgRelayItem, SgRelayPdu
@@ -22,11 +23,18 @@ from .config import VmSpec
 
 LOG = logging.getLogger("guest_ha.compute.sg")
 MAX_BATCH = 64
+# How long the first PDU of a batch waits for more before the cast goes out:
+# one cast (one AMQP publish, confirm, consume and dispatch) then carries
+# several PDUs. Bounds the latency added on this hop (issue 16).
+LINGER_S = 0.004
 
 
 class ServerGroupRelay:
-    def __init__(self, client: Any, host: str, max_queue: int = 10_000) -> None:
+    def __init__(
+        self, client: Any, host: str, max_queue: int = 10_000, linger_s: float = LINGER_S
+    ) -> None:
         self.client = client
+        self.linger_s = linger_s
         self.host = host
         self.relayed = 0
         self.dropped = 0
@@ -68,17 +76,10 @@ class ServerGroupRelay:
             item = self._queue.get()
             if item is None:
                 return
-            # Whatever queued up meanwhile goes in the same message (one cast).
-            batch = [item]
-            while len(batch) < MAX_BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)
-                    break
-                batch.append(more)
+            batch = self._collect(item)
+            stop = batch[-1] is None
+            if stop:
+                batch.pop()
             try:
                 if len(batch) == 1:
                     self.client.cast(SG_RELAY, **item)
@@ -96,6 +97,24 @@ class ServerGroupRelay:
                 self.relayed += len(batch)
             except Exception as exc:  # best effort: broker down, etc.
                 self._drop(str(exc))
+            if stop:
+                return
+
+    def _collect(self, first: SgRelayItem) -> "List[Optional[SgRelayItem]]":
+        """``first`` plus whatever arrives within ``linger_s`` (at most
+        MAX_BATCH); a trailing None means close() was called meanwhile."""
+        batch: "List[Optional[SgRelayItem]]" = [first]
+        deadline = time.monotonic() + self.linger_s
+        while len(batch) < MAX_BATCH:
+            left = deadline - time.monotonic()
+            try:
+                more = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            batch.append(more)
+            if more is None:
+                break
+        return batch
 
 
 class ComputeEndpoint:
