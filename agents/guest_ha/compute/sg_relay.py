@@ -76,10 +76,9 @@ class ServerGroupRelay:
             item = self._queue.get()
             if item is None:
                 return
-            batch = self._collect(item)
-            stop = batch[-1] is None
-            if stop:
-                batch.pop()
+            collected = self._collect(item)
+            stop = collected[-1] is None
+            batch = [b for b in collected if b is not None]
             try:
                 if len(batch) == 1:
                     self.client.cast(SG_RELAY, **item)
