@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..messaging.payloads import SG_RELAY, SG_RELAY_BATCH, SgDelivery, SgRelayItem, SgRelayPdu
 from ..protocol import Message
@@ -76,9 +76,7 @@ class ServerGroupRelay:
             item = self._queue.get()
             if item is None:
                 return
-            collected = self._collect(item)
-            stop = collected[-1] is None
-            batch = [b for b in collected if b is not None]
+            batch, stop = self._collect(item)
             try:
                 if len(batch) == 1:
                     self.client.cast(SG_RELAY, **item)
@@ -99,10 +97,10 @@ class ServerGroupRelay:
             if stop:
                 return
 
-    def _collect(self, first: SgRelayItem) -> "List[Optional[SgRelayItem]]":
+    def _collect(self, first: SgRelayItem) -> Tuple[List[SgRelayItem], bool]:
         """``first`` plus whatever arrives within ``linger_s`` (at most
-        MAX_BATCH); a trailing None means close() was called meanwhile."""
-        batch: "List[Optional[SgRelayItem]]" = [first]
+        MAX_BATCH), and whether close() was called meanwhile."""
+        batch = [first]
         deadline = time.monotonic() + self.linger_s
         while len(batch) < MAX_BATCH:
             left = deadline - time.monotonic()
@@ -110,10 +108,10 @@ class ServerGroupRelay:
                 more = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            batch.append(more)
             if more is None:
-                break
-        return batch
+                return batch, True
+            batch.append(more)
+        return batch, False
 
 
 class ComputeEndpoint:
