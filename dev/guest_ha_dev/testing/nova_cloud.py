@@ -664,7 +664,7 @@ class NovaCloud(OpenStackCloud):
         return f"instance-{self.name_tag}-*"
 
     def agent_config(
-        self, clouds_yaml: str, *, spool_dir: Optional[str] = None, cloud: Optional[str] = None
+        self, clouds_yaml: str, *, spool_dir: Optional[str] = None, nova_cloud: Optional[str] = None
     ) -> Dict[str, Any]:
         """The compute agent's settings (beyond ``heartbeat``) for nova mode on
         this cloud: its own domains only, Nova's names from ``clouds_yaml``, and,
@@ -678,8 +678,8 @@ class NovaCloud(OpenStackCloud):
             # Nova destroys domains on hard reboot, stop and delete.
             "destroyed_is_fault": False,
         }
-        if cloud is not None:
-            libvirt["nova_cloud"] = cloud
+        if nova_cloud is not None:
+            libvirt["nova_cloud"] = nova_cloud
         config: Dict[str, Any] = {"libvirt": libvirt}
         if spool_dir is not None:
             config["controller"] = {

@@ -55,7 +55,7 @@ def agent_process(world: Any, workdir: str) -> EngineProcess:
         workdir,
         heartbeat={"restart_timeout_s": float(BOOT_TIMEOUT)},
         extra=cloud.agent_config(
-            world.clouds_yaml, spool_dir=os.path.join(workdir, "spool"), cloud="guest-ha"
+            world.clouds_yaml, spool_dir=os.path.join(workdir, "spool"), nova_cloud="guest-ha"
         ),
     )
 
