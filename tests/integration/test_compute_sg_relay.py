@@ -1,8 +1,9 @@
 """The compute agent's half of server group messaging, over a real RabbitMQ node:
-a guest's broadcast/status_query is relayed to the controller topic stamped with
-the VM's identity from its channel, and deliveries cast to the compute host's
-topic reach the right guest. The controller here is a recording RPC server on
-the real controller topic (the routing itself is tested with the controller)."""
+a guest's broadcast/status_query is relayed to the controllers' datagram queue
+stamped with the VM's identity from its channel, and deliveries sent to the
+compute host (as datagrams, and as RPC casts) reach the right guest. The
+controller here records what reaches the real controller queue and topic (the
+routing itself is tested with the controller)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 pytest.importorskip("oslo_messaging")
 
 from guest_ha.messaging import options
+from guest_ha.messaging.datagrams import Datagrams
+from guest_ha.messaging.payloads import SG_DELIVER, SG_RELAY, SG_RELAY_BATCH
 from guest_ha.messaging.rpc import (
     ComputeClient,
     get_transport,
@@ -64,6 +67,12 @@ def test_relay_and_delivery(rabbit, short_tmp) -> None:
     transport = get_transport(rabbit.url)
     controller = RecordingController()
     server = serve_controller(transport, [controller], "ctl-test")
+    # Relays come as datagrams ([guest_ha] server_group_transport's default).
+    datagrams = Datagrams(options.configure())
+    relays = datagrams.receiver(
+        datagrams.controller_queue, controller, [SG_RELAY, SG_RELAY_BATCH], name="dg-ctl"
+    ).start()
+    assert relays.consuming.wait(15)
     try:
         with VmSimulator(os.path.join(short_tmp, "vms")) as sim:
             a = sim.add_vm(interval_ms=200)
@@ -128,30 +137,47 @@ def test_relay_and_delivery(rabbit, short_tmp) -> None:
                 wait_until(lambda: received(sim, loner.uuid, "nack"), 10)
                 assert received(sim, loner.uuid, "nack")[0]["log_msg"].startswith("not_enabled")
                 assert len(controller.relayed) == 2
-                # Controller -> compute: deliveries reach the named guest only.
-                ComputeClient(transport, "ctl-test").cast_to_host(
-                    "compute-a",
-                    "sg_deliver",
-                    deliveries=[
-                        {
-                            "instance_uuid": b.uuid,
-                            "msg_type": "broadcast",
-                            "fields": {"source_instance": a.uuid, "data": {"hello": 1}},
-                        },
-                        {
-                            "instance_uuid": loner.uuid,
-                            "msg_type": "broadcast",
-                            "fields": {"source_instance": a.uuid, "data": "not for you"},
-                        },
-                    ],
-                )
-                wait_until(lambda: received(sim, b.uuid, "broadcast"), 10)
+                # Controller -> compute: deliveries reach the named guest only,
+                # as datagrams (the default) and as RPC casts (still served).
+                deliveries = [
+                    {
+                        "instance_uuid": b.uuid,
+                        "msg_type": "broadcast",
+                        "fields": {"source_instance": a.uuid, "data": {"hello": 1}},
+                    },
+                    {
+                        "instance_uuid": loner.uuid,
+                        "msg_type": "broadcast",
+                        "fields": {"source_instance": a.uuid, "data": "not for you"},
+                    },
+                ]
+                sender = datagrams.sender()
+                try:
+                    # The agent declares its queue once it serves: until then the
+                    # broker drops datagrams, so send until one arrives.
+                    def datagram_arrived() -> bool:
+                        sender.send(
+                            datagrams.compute_queue("compute-a"),
+                            SG_DELIVER,
+                            {"deliveries": deliveries},
+                        )
+                        return bool(received(sim, b.uuid, "broadcast"))
+
+                    wait_until(datagram_arrived, 15, interval=0.5)
+                finally:
+                    sender.close()
                 assert received(sim, b.uuid, "broadcast")[0]["source_instance"] == a.uuid
+                before = len(received(sim, b.uuid, "broadcast"))
+                ComputeClient(transport, "ctl-test").cast_to_host(
+                    "compute-a", SG_DELIVER, deliveries=deliveries
+                )
+                wait_until(lambda: len(received(sim, b.uuid, "broadcast")) > before, 10)
                 assert received(sim, loner.uuid, "broadcast") == []
                 assert received(sim, a.uuid, "broadcast") == []
                 assert engine.faults() == []
             finally:
                 engine.stop()
     finally:
+        relays.stop()
         stop_server(server)
         transport.cleanup()

@@ -6,10 +6,12 @@ Nova's own objects (``nova.objects.Instance``/``InstanceGroup``).
 The controller runs in this process (``ControllerService`` + its endpoint on a
 real oslo.messaging RPC server, router built by ``build_router`` from
 ``[server_groups]`` options, exactly as ``guest-ha-controller run`` does).
-Two fake compute hosts are real oslo.messaging RPC servers on their per-host
-topics (``serve_compute``) that record the ``sg_deliver`` casts they get.
-Compute agents' relays are sent as the real ``sg_relay`` casts on the
-controller topic.
+Two fake compute hosts record the ``sg_deliver`` they get, as the agent does:
+as datagrams on their per-host queue (``guest_ha.messaging.datagrams``, the
+default transport) and as RPC casts on their per-host topic
+(``serve_compute``). Compute agents' relays are sent as the real ``sg_relay``
+RPC casts on the controller topic, which the controller still serves (its
+datagram receiver is tested in test_sg_datagrams.py).
 
 There is no nova-compute here, so nothing in Nova publishes notifications:
 to simulate Nova publishing a versioned notification, the test publishes one
@@ -38,9 +40,15 @@ from oslo_config import cfg
 
 from guest_ha.controller import options as controller_options
 from guest_ha.controller.reporters.log import LogReporter
-from guest_ha.controller.server_groups import build_router, start_listeners
+from guest_ha.controller.server_groups import (
+    build_router,
+    start_datagram_receiver,
+    start_listeners,
+)
 from guest_ha.controller.service import ControllerService
 from guest_ha.messaging import options
+from guest_ha.messaging.datagrams import Datagrams
+from guest_ha.messaging.payloads import SG_DELIVER
 from guest_ha.messaging.rpc import (
     ControllerClient,
     get_transport,
@@ -117,6 +125,7 @@ class Controller:
             server_groups=build_router(conf, transport),
         )
         self.service.start()
+        start_datagram_receiver(self.service.server_groups, conf, self.service.endpoint)
         start_listeners(self.service.server_groups, conf)
         self.server = serve_controller(transport, [self.service.endpoint], "ctl-1")
 
@@ -149,6 +158,14 @@ def env(rabbit, cloud, seeded, tmp_path_factory) -> Iterator[Dict[str, Any]]:
     transport = get_transport(rabbit.url)
     computes = {h: RecordingCompute(h) for h in (HOST_A, HOST_B)}
     servers = [serve_compute(transport, [c], h) for h, c in computes.items()]
+    # Deliveries come as datagrams ([guest_ha] server_group_transport's default).
+    datagrams = Datagrams(conf)
+    receivers = [
+        datagrams.receiver(datagrams.compute_queue(h), c, [SG_DELIVER], name=f"dg-{h}").start()
+        for h, c in computes.items()
+    ]
+    for receiver in receivers:
+        assert receiver.consuming.wait(15), "datagram receiver never consumed"
     controller = Controller(workdir, transport)
     relay = ControllerClient(transport, HOST_A)
     nova = NovaPublisher(rabbit.url)
@@ -168,6 +185,8 @@ def env(rabbit, cloud, seeded, tmp_path_factory) -> Iterator[Dict[str, Any]]:
         state["controller"].stop()
         for server in servers:
             stop_server(server)
+        for receiver in receivers:
+            receiver.stop()
         transport.cleanup()
         for key in overrides:
             conf.clear_override(key, group="server_groups")

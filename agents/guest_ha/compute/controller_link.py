@@ -41,7 +41,19 @@ class ControllerLink:
         )
         self.sink = _LinkSink(self)
         self._states_dirty = threading.Event()
-        self.relay = ServerGroupRelay(ControllerClient(self.transport, self.host), self.host)
+        # Server-group traffic on plain AMQP ([guest_ha] server_group_transport).
+        self._datagrams: Any = None
+        self._relay_caster: Any = None
+        self._receiver: Any = None
+        relay_client: Any = ControllerClient(self.transport, self.host)
+        if conf.guest_ha.server_group_transport == "datagrams":
+            from ..messaging.datagrams import DatagramCaster, Datagrams
+
+            self._datagrams = Datagrams(conf, link.transport_url)
+            relay_client = self._relay_caster = DatagramCaster(
+                self._datagrams.sender(), self._datagrams.controller_queue
+            )
+        self.relay = ServerGroupRelay(relay_client, self.host)
         self._server: Any = None
         self._stopping = False
 
@@ -101,15 +113,23 @@ class ControllerLink:
             except queuelib.Empty:
                 continue
             try:
-                self.relay.client.cast(payloads.VM_STATES, host=self.host, vms=states, full=True)
+                self.client.cast(payloads.VM_STATES, host=self.host, vms=states, full=True)
             except Exception as exc:  # best effort; the next round repeats it
                 LOG.debug("vm states not sent: %s", exc)
 
     def _serve(self) -> None:
         from ..messaging.rpc import serve_compute
 
+        endpoint = ComputeEndpoint(self.engine)
+        if self._datagrams is not None:
+            self._receiver = self._datagrams.receiver(
+                self._datagrams.compute_queue(self.host),
+                endpoint,
+                [payloads.SG_DELIVER],
+                name="sg-deliveries",
+            ).start()
         try:
-            server = serve_compute(self.transport, [ComputeEndpoint(self.engine)], self.host)
+            server = serve_compute(self.transport, [endpoint], self.host)
         except Exception:
             LOG.exception("cannot serve the per-host topic for %s", self.host)
             return
@@ -123,6 +143,10 @@ class ControllerLink:
         self._stopping = True
         self._states_dirty.set()
         self.relay.close()
+        if self._receiver is not None:
+            self._receiver.stop()
+        if self._relay_caster is not None:
+            self._relay_caster.sender.close()
         self.forwarder.close()
         if self._server is not None:
             from ..messaging.rpc import stop_server

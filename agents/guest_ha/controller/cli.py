@@ -36,7 +36,7 @@ def cmd_run(config_files: List[str], log_level: str) -> int:
     transport = get_transport()
     router = None
     if conf.server_groups.enabled:
-        from .server_groups import build_router, start_listeners
+        from .server_groups import build_router, start_datagram_receiver, start_listeners
 
         try:
             router = build_router(conf, transport)
@@ -63,6 +63,7 @@ def cmd_run(config_files: List[str], log_level: str) -> int:
     )
     service.start()
     if router is not None:
+        start_datagram_receiver(router, conf, service.endpoint)
         start_listeners(router, conf)
     if c.status_listen:
         service.serve_http(c.status_listen)

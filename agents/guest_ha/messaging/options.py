@@ -74,6 +74,21 @@ common_opts = [
         "the broker before it fails with TransportUnavailable. "
         "0 = one attempt. Never infinite: callers spool and retry.",
     ),
+    cfg.StrOpt(
+        "server_group_transport",
+        default="datagrams",
+        choices=[
+            (
+                "datagrams",
+                "plain AMQP on the same broker and credentials: no publisher "
+                "confirms, no thread hand-offs (guest_ha.messaging.datagrams)",
+            ),
+            ("rpc", "oslo.messaging casts, like every other message"),
+        ],
+        help="How best-effort server-group traffic (sg_relay from compute agents, "
+        "sg_deliver from controllers) travels. Set the same value on every node. "
+        "Fault reports always use oslo.messaging RPC.",
+    ),
 ]
 
 controller_opts = [

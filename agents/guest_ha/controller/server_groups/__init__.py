@@ -57,7 +57,13 @@ from .membership import (
 from .outbox import Deliveries, Outbox
 from .router import ServerGroupRouter
 from .sources import FileSource, MembershipError, NovaSource
-from .wiring import NovaNotificationEndpoint, build_router, start_listeners, start_nova_listener
+from .wiring import (
+    NovaNotificationEndpoint,
+    build_router,
+    start_datagram_receiver,
+    start_listeners,
+    start_nova_listener,
+)
 
 __all__ = [
     "CHANGE_FIELDS",
@@ -81,6 +87,7 @@ __all__ = [
     "compact",
     "make_status",
     "nova_object_data",
+    "start_datagram_receiver",
     "start_listeners",
     "start_nova_listener",
     "status_from_server",

@@ -7,7 +7,7 @@ import os
 import uuid as uuidlib
 from typing import Any, Dict, List
 
-from ...messaging.payloads import SG_DELIVER, SG_SYNC, SgDelivery
+from ...messaging.payloads import SG_DELIVER, SG_RELAY, SG_RELAY_BATCH, SG_SYNC, SgDelivery
 from .membership import (
     GROUP_EVENTS,
     INSTANCE_EVENTS,
@@ -102,13 +102,26 @@ def build_router(conf: Any, transport: Any) -> ServerGroupRouter:
         retry=conf.guest_ha.rpc_connect_retries,
     ).prepare(fanout=True)
 
-    def cast(target_host: str, deliveries: List[SgDelivery]) -> None:
-        computes.cast_to_host(target_host, SG_DELIVER, deliveries=deliveries)
+    sender: Any = None
+    if conf.guest_ha.server_group_transport == "datagrams":
+        from ...messaging.datagrams import Datagrams
+
+        datagrams = Datagrams(conf)
+        sender = datagrams.sender()
+
+        def cast(target_host: str, deliveries: List[SgDelivery]) -> None:
+            queue = datagrams.compute_queue(target_host)
+            sender.send(queue, SG_DELIVER, {"deliveries": deliveries})
+
+    else:
+
+        def cast(target_host: str, deliveries: List[SgDelivery]) -> None:
+            computes.cast_to_host(target_host, SG_DELIVER, deliveries=deliveries)
 
     def sync(ops: List[Dict[str, Any]]) -> None:
         peers.cast({"host": host}, SG_SYNC, origin=controller_id, ops=ops)
 
-    return ServerGroupRouter(
+    router = ServerGroupRouter(
         source,
         cast,
         sync=sync,
@@ -116,6 +129,24 @@ def build_router(conf: Any, transport: Any) -> ServerGroupRouter:
         controller_id=controller_id,
         cast_interval_s=opts.cast_interval_ms / 1000.0,
     )
+    if sender is not None:
+        router.listeners.append(sender)  # closed once the outbox has flushed
+    return router
+
+
+def start_datagram_receiver(router: ServerGroupRouter, conf: Any, endpoint: Any) -> None:
+    """Consume the compute agents' ``sg_relay`` datagrams (``[guest_ha]
+    server_group_transport = datagrams``) into ``endpoint``, which checks their
+    broker-validated sender as it does for RPC."""
+    if conf.guest_ha.server_group_transport != "datagrams":
+        return
+    from ...messaging.datagrams import Datagrams
+
+    datagrams = Datagrams(conf)
+    receiver = datagrams.receiver(
+        datagrams.controller_queue, endpoint, [SG_RELAY, SG_RELAY_BATCH], name="sg-relays"
+    ).start()
+    router.listeners.append(receiver)
 
 
 def start_listeners(router: ServerGroupRouter, conf: Any) -> None:
