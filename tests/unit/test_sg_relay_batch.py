@@ -40,7 +40,7 @@ def _pdu(i: int) -> Any:
 
 def test_pdus_queued_within_linger_go_in_one_cast() -> None:
     client = _Client()
-    relay = ServerGroupRelay(client, "host-a", linger_s=5.0)
+    relay = ServerGroupRelay(client, "host-a", linger_s=5.0, busy_window_s=float("inf"))
     for i in range(3):
         relay(_spec(i), _pdu(i))
     client.gate.set()
@@ -70,3 +70,16 @@ def test_single_pdu_is_a_plain_cast_and_batches_are_bounded() -> None:
     assert sum(sizes) == MAX_BATCH + 5
     assert max(sizes) <= MAX_BATCH
     assert relay.dropped == 0
+
+
+def test_after_a_quiet_spell_a_pdu_leaves_without_the_linger() -> None:
+    client = _Client()
+    client.gate.set()
+    relay = ServerGroupRelay(client, "host-a", linger_s=5.0, busy_window_s=0.05)
+    try:
+        relay(_spec(1), _pdu(1))
+        # Idle relay: no 5 s linger for a lone PDU.
+        assert client.done.wait(2.0)
+        assert [m for m, _ in client.casts] == [SG_RELAY]
+    finally:
+        relay.close()

@@ -24,17 +24,27 @@ from .config import VmSpec
 LOG = logging.getLogger("guest_ha.compute.sg")
 MAX_BATCH = 64
 # How long the first PDU of a batch waits for more before the cast goes out:
-# one cast (one AMQP publish, confirm, consume and dispatch) then carries
-# several PDUs. Bounds the latency added on this hop (issue 16).
+# one cast (one AMQP message to publish, route, consume and parse) then
+# carries several PDUs. Bounds the latency added on this hop (issue 16).
 LINGER_S = 0.004
+# The relay lingers only while traffic is steady: when the previous cast left
+# less than this long ago. A PDU after a quiet spell leaves at once.
+BUSY_WINDOW_S = 0.05
 
 
 class ServerGroupRelay:
     def __init__(
-        self, client: Any, host: str, max_queue: int = 10_000, linger_s: float = LINGER_S
+        self,
+        client: Any,
+        host: str,
+        max_queue: int = 10_000,
+        linger_s: float = LINGER_S,
+        busy_window_s: float = BUSY_WINDOW_S,
     ) -> None:
         self.client = client
         self.linger_s = linger_s
+        self.busy_window_s = busy_window_s
+        self._last_cast = float("-inf")
         self.host = host
         self.relayed = 0
         self.dropped = 0
@@ -77,6 +87,7 @@ class ServerGroupRelay:
             if item is None:
                 return
             batch, stop = self._collect(item)
+            self._last_cast = time.monotonic()
             try:
                 if len(batch) == 1:
                     self.client.cast(SG_RELAY, **item)
@@ -98,10 +109,13 @@ class ServerGroupRelay:
                 return
 
     def _collect(self, first: SgRelayItem) -> Tuple[List[SgRelayItem], bool]:
-        """``first`` plus whatever arrives within ``linger_s`` (at most
-        MAX_BATCH), and whether close() was called meanwhile."""
+        """``first`` plus whatever is queued, or arrives within ``linger_s``
+        while traffic is steady (at most MAX_BATCH), and whether close() was
+        called meanwhile."""
         batch = [first]
-        deadline = time.monotonic() + self.linger_s
+        now = time.monotonic()
+        busy = now - self._last_cast < self.busy_window_s
+        deadline = now + (self.linger_s if busy else 0.0)
         while len(batch) < MAX_BATCH:
             left = deadline - time.monotonic()
             try:
