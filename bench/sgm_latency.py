@@ -109,11 +109,16 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
                 for _ in range(args.members):
                     members.append((f"g{g}", sim.add_vm(interval_ms=1000)))
             host_of = {vm.uuid: HOSTS[i % len(HOSTS)] for i, (_, vm) in enumerate(members)}
+            # The agents' oslo.config file: which transport server-group traffic takes.
+            messaging_config = os.path.join(workdir, "messaging.conf")
+            with open(messaging_config, "w", encoding="utf-8") as fh:
+                fh.write(f"[guest_ha]\nserver_group_transport = {args.sg_transport}\n")
             with ControllerProcess(
                 workdir,
                 rabbit.url,
                 host="bench-ctl",
                 extra={
+                    "guest_ha": {"server_group_transport": args.sg_transport},
                     "server_groups": {
                         "enabled": "true",
                         "membership": "file",
@@ -143,7 +148,7 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
                                 "controller": {
                                     "enabled": True,
                                     "transport_url": rabbit.url,
-                                    "messaging_config": None,
+                                    "messaging_config": messaging_config,
                                     "host": h,
                                     "spool_dir": os.path.join(workdir, h, "spool"),
                                 },
@@ -233,6 +238,7 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
         "msgs_per_s": round(total / send_s, 1),
         "heartbeat_faults": faults,
         "cast_interval_ms": args.cast_interval_ms,
+        "sg_transport": args.sg_transport,
         "cpu_pct_of_one_core": cpu_pct,
         # Whole-path CPU (guests, both agents, controller, RabbitMQ) per broadcast.
         "cpu_ms_per_broadcast": (
@@ -254,6 +260,13 @@ def main() -> None:
         type=int,
         default=3,
         help="the controller's [server_groups] cast_interval_ms (per-host cast pacing)",
+    )
+    parser.add_argument(
+        "--sg-transport",
+        choices=["datagrams", "rpc"],
+        default="datagrams",
+        help="[guest_ha] server_group_transport of the agents and the controller "
+        "(--path agents only)",
     )
     parser.add_argument(
         "--path",

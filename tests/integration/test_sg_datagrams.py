@@ -244,3 +244,23 @@ def test_malformed_datagrams_are_dropped_and_the_receiver_goes_on(world) -> None
     relay(world, "compute-a", "compute-a", "compute-a", "still served")
     wait_until(lambda: "still served" in world["computes"]["compute-b"].data(), 15)
     assert world["controller"].proc.poll() is None
+
+
+def test_datagrams_flow_again_after_a_broker_restart(world) -> None:
+    """Senders and receivers (the controller process's and the hosts') reconnect
+    and declare their queues again; datagrams sent meanwhile may be lost."""
+    world["rabbit"].restart()
+    b = world["computes"]["compute-b"]
+    sent = []
+
+    def arrived() -> bool:
+        data = f"after restart {len(sent)}"
+        sent.append(data)
+        try:
+            relay(world, "compute-a", "compute-a", "compute-a", data)
+        except Exception:  # DatagramError while the sender reconnects
+            pass
+        return any(d in b.data() for d in sent)
+
+    wait_until(arrived, 90, interval=0.5)
+    assert world["controller"].proc.poll() is None
