@@ -32,7 +32,7 @@ apt_install() {
 APT_PACKAGES=(
     libvirt-daemon libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
     qemu-system-x86 qemu-utils libvirt-dev pkg-config gcc python3-dev
-    debootstrap busybox-static cpio e2fsprogs openssh-server openssh-client
+    debootstrap busybox-static cpio e2fsprogs lz4 openssh-server openssh-client
     rabbitmq-server
     make musl-tools
     postgresql

@@ -131,6 +131,7 @@ def domain_xml(
   <devices>
     {"".join(devices)}
     <memballoon model='none'/>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
   </devices>
 </domain>"""
 
