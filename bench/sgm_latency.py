@@ -125,7 +125,7 @@ def run_through_agents(args: argparse.Namespace) -> Dict[str, Any]:
                         "groups_file": groups_file,
                         "listen_notifications": "false",
                         "cast_interval_ms": str(args.cast_interval_ms),
-                    }
+                    },
                 },
             ) as controller:
                 engines = []
