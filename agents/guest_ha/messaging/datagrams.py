@@ -29,6 +29,7 @@ their spool, acks and retries.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -86,18 +87,16 @@ def compute_queue(compute_topic_prefix: str, host: str) -> str:
 # -- broker addresses ----------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
 class BrokerAddress:
     """One broker of the transport URL, as py-amqp wants it."""
 
-    def __init__(
-        self, host: str, port: int, userid: str, password: str, vhost: str, ssl: Any
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.userid = userid
-        self.password = password
-        self.vhost = vhost
-        self.ssl = ssl
+    host: str
+    port: int
+    userid: str
+    password: str
+    vhost: str
+    ssl: Any
 
     def __repr__(self) -> str:  # never the password
         return f"{self.userid}@{self.host}:{self.port}{self.vhost}"
