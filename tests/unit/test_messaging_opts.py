@@ -25,6 +25,7 @@ GUEST_HA_NAMES = {
     "compute_topic_prefix",
     "rpc_timeout_s",
     "rpc_connect_retries",
+    "server_group_transport",
 }
 
 
