@@ -615,8 +615,6 @@ class HeartbeatEngine:
         except OSError as exc:
             self._connection_lost(vm, self.clock(), str(exc))
             return
-        if vm.events == selectors.EVENT_READ and not (vm.read_paused or vm.channel.wants_write):
-            return  # the common case: all sent, reading on; no selector call
         self._update_interest(vm)
 
     # -- status -------------------------------------------------------------------
