@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid as uuidlib
 from typing import Any, Dict, Iterator, List
 
@@ -21,7 +22,12 @@ import amqp
 import amqp.exceptions
 
 from guest_ha.messaging import options
-from guest_ha.messaging.datagrams import MAX_BODY_BYTES, Datagrams, DatagramSender
+from guest_ha.messaging.datagrams import (
+    MAX_BODY_BYTES,
+    DatagramReceiver,
+    Datagrams,
+    DatagramSender,
+)
 from guest_ha.messaging.payloads import SG_DELIVER, SG_RELAY_BATCH
 from guest_ha.messaging.rpc import ControllerClient, get_transport
 from guest_ha_dev.sim.harness import wait_until
@@ -264,3 +270,32 @@ def test_datagrams_flow_again_after_a_broker_restart(world) -> None:
 
     wait_until(arrived, 90, interval=0.5)
     assert world["controller"].proc.poll() is None
+
+
+def test_a_busy_receiver_keeps_its_connection(world) -> None:
+    """A no_ack consumer sends the broker only heartbeats: they must go out while
+    datagrams stream in, or RabbitMQ closes the connection (heartbeat 1 s here,
+    so a few seconds of steady traffic would show it)."""
+    got: List[str] = []
+    datagrams = Datagrams(world["conf"], world["urls"]["compute-a"])
+    queue = datagrams.compute_queue("busy-host")
+    receiver = DatagramReceiver(
+        datagrams.brokers,
+        datagrams.exchange,
+        queue,
+        [SG_DELIVER],
+        lambda method, args, user: got.append(method),
+        heartbeat_s=1,
+    ).start()
+    sender = datagrams.sender()
+    try:
+        assert receiver.consuming.wait(15)
+        deadline = time.monotonic() + 6.0
+        while time.monotonic() < deadline:
+            sender.send(queue, SG_DELIVER, {"deliveries": []})
+            time.sleep(0.05)  # well under the receiver's 1 s drain timeout
+        wait_until(lambda: len(got) >= sender.sent - 1, 10)
+        assert receiver.connection_losses == 0
+    finally:
+        sender.close()
+        receiver.stop()

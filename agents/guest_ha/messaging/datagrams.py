@@ -289,13 +289,16 @@ class DatagramReceiver:
         handler: Handler,
         *,
         name: str = "datagrams",
+        heartbeat_s: int = RECEIVER_HEARTBEAT_S,
     ) -> None:
-        self._link = _Link(brokers, exchange, heartbeat=RECEIVER_HEARTBEAT_S)
+        self._link = _Link(brokers, exchange, heartbeat=heartbeat_s)
         self.queue = queue
         self.methods = frozenset(methods)
         self.handler = handler
         self.received = 0
         self.dropped = 0
+        #: Times the connection was lost after it had been consuming.
+        self.connection_losses = 0
         self.consuming = threading.Event()
         self._stop = threading.Event()
         self._rlog = RateLimitedLog(LOG, 10.0)
@@ -331,23 +334,32 @@ class DatagramReceiver:
         return True
 
     def _run(self) -> None:
+        next_tick = 0.0
         while not self._stop.is_set():
             if self._link.channel is None and not self._subscribe():
                 self._stop.wait(0.2)
                 continue
             conn: Any = self._link.conn
             try:
-                conn.drain_events(timeout=1.0)
-            except socket.timeout:
                 try:
+                    conn.drain_events(timeout=1.0)
+                except socket.timeout:
+                    pass
+                # About once a second, busy or idle: a no_ack consumer sends the
+                # broker nothing else, so without our heartbeats it would close
+                # the connection under steady traffic.
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + 1.0
                     conn.heartbeat_tick()
-                except Exception as exc:
-                    self.consuming.clear()
-                    self._link.broken(f"datagram connection lost: {exc}")
             except Exception as exc:
-                self.consuming.clear()
                 if not self._stop.is_set():
-                    self._link.broken(f"datagram connection lost: {exc}")
+                    self._lost(exc)
+
+    def _lost(self, exc: Exception) -> None:
+        self.consuming.clear()
+        self.connection_losses += 1
+        self._link.broken(f"datagram connection lost: {exc}")
 
     def _on_message(self, message: Any) -> None:
         self.received += 1
