@@ -490,12 +490,13 @@ def extract_kernel(deb: str, dest: str) -> Tuple[str, str, Dict[str, str]]:
 
 #: ELF note type XEN_ELFNOTE_PHYS32_ENTRY: the kernel's PVH entry point.
 PVH_ENTRY_NOTE = 18
-# What the kernel's build compresses its payload with, by leading bytes.
+# What the kernel's build compresses its payload with, by leading bytes, and
+# whether it appended the unpacked size (4 bytes, little-endian) to the stream.
 PAYLOAD_FORMATS = (
-    (b"\x02\x21\x4c\x18", ["lz4", "-dc"]),  # lz4 legacy frame
-    (b"\x28\xb5\x2f\xfd", ["zstd", "-dc"]),
-    (b"\xfd7zXZ\x00", ["xz", "-dc"]),
-    (b"\x1f\x8b", ["gzip", "-dc"]),
+    (b"\x02\x21\x4c\x18", ["lz4", "-dc"], True),  # lz4 legacy frame
+    (b"\x28\xb5\x2f\xfd", ["zstd", "-dc"], True),
+    (b"\xfd7zXZ\x00", ["xz", "-dc"], True),
+    (b"\x1f\x8b", ["gzip", "-dc"], False),
 )
 
 
@@ -506,9 +507,10 @@ def pvh_kernel(vmlinuz: str, dest: str) -> str:
     (``virsh reset``, the recovery action) it writes the new kernel over pages
     the old kernel ran from, and QEMU's TCG then invalidates translated code on
     each of those pages: 1 to 24 s of guest CPU before the kernel's first line,
-    depending on where KASLR put the two kernels (0.3 s after a cold start).
-    With the ELF, QEMU itself copies the kernel in and no decompressor runs
-    (docs/benchmarks.md, "Recovery without OpenStack").
+    depending on where KASLR put the two kernels; a cold start writes into
+    fresh memory and never pays it. With the ELF, QEMU itself copies the
+    kernel in and no decompressor runs (docs/benchmarks.md, "Recovery without
+    OpenStack").
     """
     with open(vmlinuz, "rb") as fh:
         image = fh.read()
@@ -518,12 +520,23 @@ def pvh_kernel(vmlinuz: str, dest: str) -> str:
     offset, length = struct.unpack_from("<II", image, 0x248)  # payload_offset, _length
     start = (setup_sects + 1) * 512 + offset
     payload = image[start : start + length]
-    command = next((cmd for magic, cmd in PAYLOAD_FORMATS if payload.startswith(magic)), None)
-    if command is None:
+    found = next((f for f in PAYLOAD_FORMATS if payload.startswith(f[0])), None)
+    if found is None:
         raise SystemExit(f"{vmlinuz}: unknown payload compression {payload[:4].hex()}")
+    _, command, sized = found
+    size = None
+    if sized:  # the decompressor would read the size as the start of another frame
+        (size,) = struct.unpack("<I", payload[-4:])
+        payload = payload[:-4]
     if shutil.which(command[0]) is None:
         raise SystemExit(f"{command[0]} is needed to unpack {vmlinuz} (scripts/bootstrap.sh)")
-    elf = subprocess.run(command, input=payload, capture_output=True, check=False).stdout
+    unpacked = subprocess.run(command, input=payload, capture_output=True, check=False)
+    if unpacked.returncode != 0:
+        err = unpacked.stderr.decode(errors="replace")[-500:]
+        raise SystemExit(f"{' '.join(command)} failed on {vmlinuz}'s payload: {err}")
+    elf = unpacked.stdout
+    if size is not None and len(elf) != size:
+        raise SystemExit(f"{vmlinuz}: unpacked {len(elf)} bytes, the image says {size}")
     if not elf.startswith(b"\x7fELF") or not _has_note(elf, b"Xen", PVH_ENTRY_NOTE):
         raise SystemExit(f"{vmlinuz}: the unpacked kernel has no PVH entry point (CONFIG_PVH)")
     tmp = dest + ".tmp"
@@ -675,6 +688,8 @@ def _build(out: str, force: bool) -> Dict[str, object]:
         log("kernel: unpacking " + os.path.basename(kernel_deb))
         version, vmlinuz, modules = extract_kernel(kernel_deb, os.path.join(work, "kernel"))
         pvh_kernel(vmlinuz, os.path.join(out, "vmlinux"))
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out, "vmlinuz"))  # what builds before PVH boot left
         log(f"initramfs: busybox + {', '.join(modules)}")
         build_initramfs(os.path.join(out, "initrd.img"), modules)
 
