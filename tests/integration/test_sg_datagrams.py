@@ -2,8 +2,9 @@
 with one broker user per compute host, into a real ``guest-ha-controller``
 process with ``[report_origin] mode = membership``: relays from a compute host
 reach the peers on the other host; a host cannot relay for another host's VM,
-a forged ``user_id`` is refused by the broker, and malformed datagrams are
-dropped without stopping the controller's receiver."""
+a forged ``user_id`` is refused by the broker, malformed datagrams are
+dropped without stopping the controller's receiver, the transport recovers
+from a broker restart, and a busy receiver keeps its connection."""
 
 from __future__ import annotations
 
